@@ -1,0 +1,101 @@
+//! Typed configuration, parsed once at start from flags and environment.
+//! Every setting has an env var and a documented default (README table).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of command-service. `Debug` is hand-written: the database URL
+/// may carry a password.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL holding the event store and command-side tables.
+    #[arg(long, env = "MESSENGER_DATABASE_URL", default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger")]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "COMMAND_SERVICE_DB_POOL", default_value_t = 32)]
+    pub db_pool: u32,
+    /// Kafka (or tansu / Redpanda) bootstrap servers.
+    #[arg(long, env = "MESSENGER_KAFKA_BROKERS", default_value = "127.0.0.1:59092")]
+    pub kafka_brokers: String,
+    /// Topic receiving every event.
+    #[arg(long, env = "MESSENGER_EVENTS_TOPIC", default_value = "messenger.events")]
+    pub events_topic: String,
+    /// gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "COMMAND_SERVICE_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory with `ca.pem` and this service's `NAME.pem`/`NAME.key`.
+    #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
+    pub pki_dir: PathBuf,
+    /// Certificate name of this service inside the PKI directory.
+    #[arg(long, env = "COMMAND_SERVICE_TLS_NAME", default_value = "command-service")]
+    pub tls_name: String,
+    /// Run the outbox relay in this process (one leader across instances).
+    #[arg(long, env = "COMMAND_SERVICE_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay: bool,
+    /// Most events the relay publishes per round.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 1000)]
+    pub relay_batch_size: i64,
+    /// Producer `linger.ms`.
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 1)]
+    pub relay_linger_ms: u32,
+    /// Safety-net poll interval of the relay, milliseconds.
+    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
+    pub relay_poll_ms: u64,
+    /// Apply migrations at start.
+    #[arg(long, env = "COMMAND_SERVICE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// Snapshot every this many events of a stream.
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    pub snapshot_every: i64,
+    /// Streams kept in memory per aggregate type.
+    #[arg(long, env = "AGGREGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub aggregate_cache: usize,
+    /// Attempts on optimistic-concurrency conflicts.
+    #[arg(long, env = "COMMAND_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// argon2id memory cost, KiB (OWASP minimum 19456).
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (OWASP minimum 2 at 19 MiB).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+    /// Lifetime of a password-reset token, seconds (at most 1800).
+    #[arg(long, env = "RESET_TOKEN_TTL_SECS", default_value_t = 1800)]
+    pub reset_token_ttl_secs: i64,
+    /// Longest message body, characters.
+    #[arg(long, env = "MESSENGER_MESSAGE_BODY_MAX", default_value_t = 4000)]
+    pub message_body_max: usize,
+    /// Largest group, members.
+    #[arg(long, env = "MESSENGER_GROUP_MAX_MEMBERS", default_value_t = 1000)]
+    pub group_max_members: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("events_topic", &self.events_topic)
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a `Config` from an argument list and the environment, for
+/// embedding (tests, benchmarks) the way the binary does.
+pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: Config,
+    }
+    use clap::Parser;
+    Wrapper::try_parse_from(args).map(|w| w.config)
+}

@@ -1,0 +1,4 @@
+//! REST + WebSocket gateway (issue: Gateway). Not built yet.
+//!
+//! This crate is an empty placeholder in the workspace layout of
+//! DESIGN.md; it exposes nothing and runs nothing until its issue is done.

@@ -1,0 +1,45 @@
+//! Mutual TLS for gRPC between services, from a PKI directory laid out by
+//! [`crate::pki`]: `ca.pem`, and `NAME.pem` / `NAME.key` per service.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+fn read(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(file);
+    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The certificate and key of `name`.
+pub fn identity(dir: &Path, name: &str) -> anyhow::Result<Identity> {
+    Ok(Identity::from_pem(
+        read(dir, &format!("{name}.pem"))?,
+        read(dir, &format!("{name}.key"))?,
+    ))
+}
+
+/// The local CA.
+pub fn ca(dir: &Path) -> anyhow::Result<Certificate> {
+    Ok(Certificate::from_pem(read(dir, "ca.pem")?))
+}
+
+/// Server side: present `name`'s certificate and require a client
+/// certificate signed by the CA (a client without one is refused in the
+/// handshake).
+pub fn server(dir: &Path, name: &str) -> anyhow::Result<ServerTlsConfig> {
+    Ok(ServerTlsConfig::new()
+        .identity(identity(dir, name)?)
+        .client_ca_root(ca(dir)?)
+        .client_auth_optional(false))
+}
+
+/// Client side: present `name`'s certificate, trust only the CA, and expect
+/// the server to be `server_name` (the dev certificates carry `localhost`
+/// and each service's name).
+pub fn client(dir: &Path, name: &str, server_name: &str) -> anyhow::Result<ClientTlsConfig> {
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(ca(dir)?)
+        .identity(identity(dir, name)?)
+        .domain_name(server_name))
+}

@@ -1,0 +1,4 @@
+//! Web push and email from the event stream (issue: Notifier). Not built yet.
+//!
+//! This crate is an empty placeholder in the workspace layout of
+//! DESIGN.md; it exposes nothing and runs nothing until its issue is done.

@@ -1,0 +1,4 @@
+//! Read models over gRPC (issue: Read side). Not built yet.
+//!
+//! This crate is an empty placeholder in the workspace layout of
+//! DESIGN.md; it exposes nothing and runs nothing until its issue is done.

@@ -1,0 +1,3 @@
+//! End-to-end tests of Messenger against the real stack, and the pieces of the dev stack they need.
+
+pub mod smtp_sink;
