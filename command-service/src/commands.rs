@@ -12,8 +12,8 @@ use domain::conversation::{
 use domain::read_marker::{ConversationFacts, ReadMarker, ReadMarkerCommand, ReadMarkerError};
 use domain::user::{User, UserCommand, UserError};
 use domain::values::{
-    read_marker_id, ClientMsgId, ConversationId, DisplayName, Email, MessageBody, MessageId, Password,
-    Role, Title, UserId, UserRole, Username, ValidationError,
+    read_marker_id, ClientMsgId, ConversationId, DisplayName, Email, MessageBody, MessageId,
+    Password, Role, Title, UserId, UserRole, Username, ValidationError,
 };
 use domain::Limits;
 use futures::FutureExt;
@@ -21,7 +21,9 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::credentials::{new_reset_token, token_hash, CredentialError, Hasher};
 use crate::lookup::{message_index_writer, PgLookup};
-use crate::store::{Appended, CommandMeta, ExecError, Repository, SideWrite, StoreError, StoreTuning};
+use crate::store::{
+    Appended, CommandMeta, ExecError, Repository, SideWrite, StoreError, StoreTuning,
+};
 
 /// Why a command failed, at the level clients care about.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,13 @@ fn conv_id(s: &str) -> Result<ConversationId, CommandError> {
 }
 
 impl Commands {
-    pub fn new(pool: PgPool, tuning: StoreTuning, hasher: Hasher, limits: Limits, reset_ttl: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        tuning: StoreTuning,
+        hasher: Hasher,
+        limits: Limits,
+        reset_ttl: Duration,
+    ) -> Self {
         let lookup = Arc::new(PgLookup::new(pool.clone()));
         Self {
             users: Repository::new(pool.clone(), tuning),
@@ -178,19 +186,22 @@ impl Commands {
         let email = Email::parse(email)?;
         let username = Username::parse(username, &self.limits)?;
         let password = Password::parse(password, &self.limits, "password")?;
-        let display_name = DisplayName::parse(display_name.unwrap_or(username.as_str()), &self.limits)?;
+        let display_name =
+            DisplayName::parse(display_name.unwrap_or(username.as_str()), &self.limits)?;
         let hash = self.hasher.hash(password.expose().to_owned()).await?;
         let user_id = UserId::new_v7();
         let (e, u) = (email.as_str().to_owned(), username.as_str().to_owned());
         let side: SideWrite<'_, _> = Box::new(move |conn: &mut PgConnection, _: &[Appended<_>]| {
             let (e, u, hash) = (e.clone(), u.clone(), hash.clone());
             async move {
-                sqlx::query("INSERT INTO user_identities (user_id, email, username) VALUES ($1, $2, $3)")
-                    .bind(user_id.0)
-                    .bind(e)
-                    .bind(u)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO user_identities (user_id, email, username) VALUES ($1, $2, $3)",
+                )
+                .bind(user_id.0)
+                .bind(e)
+                .bind(u)
+                .execute(&mut *conn)
+                .await?;
                 sqlx::query("INSERT INTO credentials (user_id, password_hash) VALUES ($1, $2)")
                     .bind(user_id.0)
                     .bind(hash)
@@ -224,7 +235,11 @@ impl Commands {
     /// Login check: email or username plus password. Unknown logins cost the
     /// same as wrong passwords.
     #[tracing::instrument(skip_all)]
-    pub async fn verify_password(&self, login: &str, password: &str) -> Result<UserId, CommandError> {
+    pub async fn verify_password(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> Result<UserId, CommandError> {
         let login = login.trim().to_lowercase();
         let row = if login.len() <= 254 && password.chars().count() <= self.limits.password_max {
             sqlx::query(
@@ -238,7 +253,10 @@ impl Commands {
             None
         };
         let (user, hash) = match row {
-            Some(r) => (Some(UserId(r.try_get("user_id")?)), Some(r.try_get::<String, _>("password_hash")?)),
+            Some(r) => (
+                Some(UserId(r.try_get("user_id")?)),
+                Some(r.try_get::<String, _>("password_hash")?),
+            ),
             None => (None, None),
         };
         let ok = self.hasher.verify(password.to_owned(), hash).await?;
@@ -257,10 +275,11 @@ impl Commands {
         meta: &CommandMeta,
     ) -> Result<(), CommandError> {
         let new = Password::parse(new, &self.limits, "new_password")?;
-        let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
-            .bind(actor.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
+                .bind(actor.0)
+                .fetch_optional(&self.pool)
+                .await?;
         if hash.is_none() {
             return Err(UserError::NotFound.into());
         }
@@ -359,7 +378,9 @@ impl Commands {
             .users
             .execute(
                 &user.to_string(),
-                UserCommand::CompletePasswordReset { at: meta.occurred_at },
+                UserCommand::CompletePasswordReset {
+                    at: meta.occurred_at,
+                },
                 &(),
                 &meta,
                 Some(set_password(user, new_hash, Some(hash))),
@@ -369,22 +390,43 @@ impl Commands {
             Ok(_) => Ok(user),
             // The token was consumed concurrently, or the aggregate saw no
             // pending reset: either way this token is spent.
-            Err(ExecError::Store(StoreError::Precondition("token_spent"))) => Err(CommandError::InvalidResetToken),
-            Err(ExecError::Domain(UserError::NoResetPending)) => Err(CommandError::InvalidResetToken),
+            Err(ExecError::Store(StoreError::Precondition("token_spent"))) => {
+                Err(CommandError::InvalidResetToken)
+            }
+            Err(ExecError::Domain(UserError::NoResetPending)) => {
+                Err(CommandError::InvalidResetToken)
+            }
             Err(e) => Err(e.into()),
         }
     }
 
-    pub async fn change_display_name(&self, actor: UserId, name: &str, meta: &CommandMeta) -> Result<(), CommandError> {
+    pub async fn change_display_name(
+        &self,
+        actor: UserId,
+        name: &str,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError> {
         let display_name = DisplayName::parse(name, &self.limits)?;
         self.users
-            .execute(&actor.to_string(), UserCommand::ChangeDisplayName { display_name }, &(), meta, None)
+            .execute(
+                &actor.to_string(),
+                UserCommand::ChangeDisplayName { display_name },
+                &(),
+                meta,
+                None,
+            )
             .await?;
         Ok(())
     }
 
     /// Operator command: grant (or with `grant = false`, revoke) a platform role.
-    pub async fn set_role(&self, user: &str, role: &str, grant: bool, meta: &CommandMeta) -> Result<(), CommandError> {
+    pub async fn set_role(
+        &self,
+        user: &str,
+        role: &str,
+        grant: bool,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError> {
         let user = UserId::parse(user, "user_id")?;
         let role = UserRole::parse(role)?;
         let cmd = if grant {
@@ -392,7 +434,9 @@ impl Commands {
         } else {
             UserCommand::RevokeRole { role }
         };
-        self.users.execute(&user.to_string(), cmd, &(), meta, None).await?;
+        self.users
+            .execute(&user.to_string(), cmd, &(), meta, None)
+            .await?;
         Ok(())
     }
 
@@ -406,7 +450,13 @@ impl Commands {
     ) -> Result<Vec<Appended<ConversationEvent>>, CommandError> {
         let executed = self
             .conversations
-            .execute(&id.to_string(), cmd, &self.services, meta, Some(message_index_writer(id)))
+            .execute(
+                &id.to_string(),
+                cmd,
+                &self.services,
+                meta,
+                Some(message_index_writer(id)),
+            )
             .await?;
         Ok(executed.events)
     }
@@ -472,8 +522,16 @@ impl Commands {
         let id = conv_id(conversation)?;
         let user_id = UserId::parse(user, "user_id")?;
         let role = role.map(Role::parse).transpose()?.unwrap_or(Role::Member);
-        self.conv(id, ConversationCommand::AddMember { actor, user_id, role }, meta)
-            .await?;
+        self.conv(
+            id,
+            ConversationCommand::AddMember {
+                actor,
+                user_id,
+                role,
+            },
+            meta,
+        )
+        .await?;
         Ok(())
     }
 
@@ -486,8 +544,12 @@ impl Commands {
     ) -> Result<(), CommandError> {
         let id = conv_id(conversation)?;
         let user_id = UserId::parse(user, "user_id")?;
-        self.conv(id, ConversationCommand::RemoveMember { actor, user_id }, meta)
-            .await?;
+        self.conv(
+            id,
+            ConversationCommand::RemoveMember { actor, user_id },
+            meta,
+        )
+        .await?;
         Ok(())
     }
 
@@ -502,15 +564,30 @@ impl Commands {
         let id = conv_id(conversation)?;
         let user_id = UserId::parse(user, "user_id")?;
         let role = Role::parse(role)?;
-        self.conv(id, ConversationCommand::ChangeRole { actor, user_id, role }, meta)
-            .await?;
+        self.conv(
+            id,
+            ConversationCommand::ChangeRole {
+                actor,
+                user_id,
+                role,
+            },
+            meta,
+        )
+        .await?;
         Ok(())
     }
 
-    pub async fn rename(&self, actor: UserId, conversation: &str, title: &str, meta: &CommandMeta) -> Result<(), CommandError> {
+    pub async fn rename(
+        &self,
+        actor: UserId,
+        conversation: &str,
+        title: &str,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError> {
         let id = conv_id(conversation)?;
         let title = Title::parse(title, &self.limits)?;
-        self.conv(id, ConversationCommand::Rename { actor, title }, meta).await?;
+        self.conv(id, ConversationCommand::Rename { actor, title }, meta)
+            .await?;
         Ok(())
     }
 
@@ -543,7 +620,9 @@ impl Commands {
             .await?;
         for e in events {
             if let ConversationEvent::MessageSent {
-                message_id, sent_at, ..
+                message_id,
+                sent_at,
+                ..
             } = e.event
             {
                 return Ok(SentMessage {
@@ -560,7 +639,11 @@ impl Commands {
             .message_by_client_id(id, actor, &client_msg_id)
             .await
             .map_err(|e| CommandError::Internal(e.into()))?
-            .ok_or_else(|| CommandError::Internal(anyhow::anyhow!("duplicate send without an indexed original")))?;
+            .ok_or_else(|| {
+                CommandError::Internal(anyhow::anyhow!(
+                    "duplicate send without an indexed original"
+                ))
+            })?;
         Ok(SentMessage {
             message_id: first.message_id,
             seq: first.seq,
@@ -603,14 +686,24 @@ impl Commands {
     ) -> Result<(), CommandError> {
         let id = conv_id(conversation)?;
         let message_id = MessageId::parse(message, "message_id")?;
-        self.conv(id, ConversationCommand::DeleteMessage { actor, message_id }, meta)
-            .await?;
+        self.conv(
+            id,
+            ConversationCommand::DeleteMessage { actor, message_id },
+            meta,
+        )
+        .await?;
         Ok(())
     }
 
     /// Moves the caller's read marker; on its own stream, so it never
     /// contends with sends into the conversation.
-    pub async fn mark_read(&self, actor: UserId, conversation: &str, seq: i64, meta: &CommandMeta) -> Result<(), CommandError> {
+    pub async fn mark_read(
+        &self,
+        actor: UserId,
+        conversation: &str,
+        seq: i64,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError> {
         let id = conv_id(conversation)?;
         let facts = self
             .conversations
@@ -640,7 +733,11 @@ impl Commands {
 
 /// Side write for password changes: replaces the hash and, for a reset,
 /// spends the presented token (exactly once) and every other open token.
-fn set_password(user: UserId, new_hash: String, spend_token: Option<Vec<u8>>) -> SideWrite<'static, domain::user::UserEvent> {
+fn set_password(
+    user: UserId,
+    new_hash: String,
+    spend_token: Option<Vec<u8>>,
+) -> SideWrite<'static, domain::user::UserEvent> {
     Box::new(move |conn: &mut PgConnection, _: &[Appended<_>]| {
         let (new_hash, spend_token) = (new_hash.clone(), spend_token.clone());
         async move {

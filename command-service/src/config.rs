@@ -9,16 +9,28 @@ use std::path::PathBuf;
 #[derive(Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL holding the event store and command-side tables.
-    #[arg(long, env = "MESSENGER_DATABASE_URL", default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger")]
+    #[arg(
+        long,
+        env = "MESSENGER_DATABASE_URL",
+        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
+    )]
     pub database_url: String,
     /// Connections in the pool.
     #[arg(long, env = "COMMAND_SERVICE_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
     /// Kafka (or tansu / Redpanda) bootstrap servers.
-    #[arg(long, env = "MESSENGER_KAFKA_BROKERS", default_value = "127.0.0.1:59092")]
+    #[arg(
+        long,
+        env = "MESSENGER_KAFKA_BROKERS",
+        default_value = "127.0.0.1:59092"
+    )]
     pub kafka_brokers: String,
     /// Topic receiving every event.
-    #[arg(long, env = "MESSENGER_EVENTS_TOPIC", default_value = "messenger.events")]
+    #[arg(
+        long,
+        env = "MESSENGER_EVENTS_TOPIC",
+        default_value = "messenger.events"
+    )]
     pub events_topic: String,
     /// gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "COMMAND_SERVICE_ADDR", default_value = "127.0.0.1:50051")]
@@ -27,7 +39,11 @@ pub struct Config {
     #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
     pub pki_dir: PathBuf,
     /// Certificate name of this service inside the PKI directory.
-    #[arg(long, env = "COMMAND_SERVICE_TLS_NAME", default_value = "command-service")]
+    #[arg(
+        long,
+        env = "COMMAND_SERVICE_TLS_NAME",
+        default_value = "command-service"
+    )]
     pub tls_name: String,
     /// Run the outbox relay in this process (one leader across instances).
     #[arg(long, env = "COMMAND_SERVICE_RELAY", default_value_t = true, action = clap::ArgAction::Set)]

@@ -6,7 +6,9 @@
 //!   costs the same as a wrong password.
 //! - Reset tokens: 256 random bits, base64url, stored as SHA-256.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use rand::RngCore;
@@ -49,7 +51,9 @@ pub struct Hasher {
 
 impl std::fmt::Debug for Hasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hasher").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("Hasher")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,13 +78,21 @@ impl Hasher {
     /// Verifies `password` against `hash`, or against the dummy hash when
     /// the login is unknown (`None`), so both cost the same. The comparison
     /// inside argon2 is constant-time.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, CredentialError> {
+    pub async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, CredentialError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         let params = self.params.clone();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| Self::argon(&params).verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Self::argon(&params)
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await?;
@@ -128,9 +140,18 @@ mod tests {
         let h = fast();
         let hash = h.hash("s3cret-pass".into()).await.unwrap_or_default();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(h.verify("s3cret-pass".into(), Some(hash.clone())).await.unwrap_or(false));
-        assert!(!h.verify("wrong-pass".into(), Some(hash)).await.unwrap_or(true));
-        assert!(!h.verify("dummy password for unknown logins".into(), None).await.unwrap_or(true));
+        assert!(h
+            .verify("s3cret-pass".into(), Some(hash.clone()))
+            .await
+            .unwrap_or(false));
+        assert!(!h
+            .verify("wrong-pass".into(), Some(hash))
+            .await
+            .unwrap_or(true));
+        assert!(!h
+            .verify("dummy password for unknown logins".into(), None)
+            .await
+            .unwrap_or(true));
     }
 
     #[test]

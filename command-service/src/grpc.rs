@@ -31,11 +31,18 @@ pub const ERROR_CODE_KEY: &str = "x-error-code";
 /// Metadata key of the offending field on validation failures.
 pub const ERROR_FIELD_KEY: &str = "x-error-field";
 
-fn status(code: Code, error_code: &'static str, message: String, field: Option<&'static str>) -> Status {
+fn status(
+    code: Code,
+    error_code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+) -> Status {
     let mut s = Status::new(code, message);
-    s.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
+    s.metadata_mut()
+        .insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
     if let Some(f) = field {
-        s.metadata_mut().insert(ERROR_FIELD_KEY, MetadataValue::from_static(f));
+        s.metadata_mut()
+            .insert(ERROR_FIELD_KEY, MetadataValue::from_static(f));
     }
     s
 }
@@ -46,22 +53,40 @@ impl From<CommandError> for Status {
         use ConversationError as C;
         let msg = e.to_string();
         match e {
-            CommandError::Validation(v) => status(InvalidArgument, "validation_failed", msg, Some(v.field)),
+            CommandError::Validation(v) => {
+                status(InvalidArgument, "validation_failed", msg, Some(v.field))
+            }
             CommandError::EmailTaken => status(AlreadyExists, "email_taken", msg, Some("email")),
-            CommandError::UsernameTaken => status(AlreadyExists, "username_taken", msg, Some("username")),
-            CommandError::InvalidCredentials => status(Unauthenticated, "invalid_credentials", msg, None),
-            CommandError::InvalidResetToken => status(FailedPrecondition, "invalid_token", msg, Some("token")),
+            CommandError::UsernameTaken => {
+                status(AlreadyExists, "username_taken", msg, Some("username"))
+            }
+            CommandError::InvalidCredentials => {
+                status(Unauthenticated, "invalid_credentials", msg, None)
+            }
+            CommandError::InvalidResetToken => {
+                status(FailedPrecondition, "invalid_token", msg, Some("token"))
+            }
             CommandError::Unauthenticated => status(Unauthenticated, "unauthenticated", msg, None),
             CommandError::Contention => status(Aborted, "conflict", msg, None),
             CommandError::User(u) => match u {
                 UserError::NotFound => status(NotFound, "user_not_found", msg, None),
-                UserError::AlreadyRegistered => status(AlreadyExists, "already_registered", msg, None),
-                UserError::RoleAlreadyGranted => status(AlreadyExists, "role_already_granted", msg, None),
-                UserError::RoleNotGranted => status(FailedPrecondition, "role_not_granted", msg, None),
-                UserError::NoResetPending => status(FailedPrecondition, "invalid_token", msg, Some("token")),
+                UserError::AlreadyRegistered => {
+                    status(AlreadyExists, "already_registered", msg, None)
+                }
+                UserError::RoleAlreadyGranted => {
+                    status(AlreadyExists, "role_already_granted", msg, None)
+                }
+                UserError::RoleNotGranted => {
+                    status(FailedPrecondition, "role_not_granted", msg, None)
+                }
+                UserError::NoResetPending => {
+                    status(FailedPrecondition, "invalid_token", msg, Some("token"))
+                }
             },
             CommandError::ReadMarker(r) => match r {
-                ReadMarkerError::ConversationNotFound => status(NotFound, "conversation_not_found", msg, None),
+                ReadMarkerError::ConversationNotFound => {
+                    status(NotFound, "conversation_not_found", msg, None)
+                }
                 ReadMarkerError::NotAMember => status(PermissionDenied, "not_a_member", msg, None),
                 ReadMarkerError::SeqOutOfRange { .. } => {
                     status(InvalidArgument, "validation_failed", msg, Some("seq"))
@@ -74,16 +99,36 @@ impl From<CommandError> for Status {
                 C::Forbidden => status(PermissionDenied, "forbidden", msg, None),
                 C::NotAuthor => status(PermissionDenied, "not_author", msg, None),
                 C::UnknownUsers(_) => status(NotFound, "user_not_found", msg, Some("user_id")),
-                C::AlreadyMember(_) => status(AlreadyExists, "already_member", msg, Some("user_id")),
+                C::AlreadyMember(_) => {
+                    status(AlreadyExists, "already_member", msg, Some("user_id"))
+                }
                 C::NotMember(_) => status(NotFound, "member_not_found", msg, Some("user_id")),
                 C::GroupFull(_) => status(FailedPrecondition, "group_full", msg, None),
-                C::DirectConversation => status(FailedPrecondition, "direct_conversation", msg, None),
-                C::DirectWithSelf => status(InvalidArgument, "validation_failed", msg, Some("user_id")),
-                C::DirectIdMismatch => status(InvalidArgument, "validation_failed", msg, Some("conversation_id")),
-                C::MessageNotFound => status(NotFound, "message_not_found", msg, Some("message_id")),
-                C::MessageDeleted => status(FailedPrecondition, "message_deleted", msg, Some("message_id")),
+                C::DirectConversation => {
+                    status(FailedPrecondition, "direct_conversation", msg, None)
+                }
+                C::DirectWithSelf => {
+                    status(InvalidArgument, "validation_failed", msg, Some("user_id"))
+                }
+                C::DirectIdMismatch => status(
+                    InvalidArgument,
+                    "validation_failed",
+                    msg,
+                    Some("conversation_id"),
+                ),
+                C::MessageNotFound => {
+                    status(NotFound, "message_not_found", msg, Some("message_id"))
+                }
+                C::MessageDeleted => status(
+                    FailedPrecondition,
+                    "message_deleted",
+                    msg,
+                    Some("message_id"),
+                ),
                 C::OwnerCannotLeave => status(FailedPrecondition, "owner_cannot_leave", msg, None),
-                C::InvalidRole(_) => status(InvalidArgument, "validation_failed", msg, Some("role")),
+                C::InvalidRole(_) => {
+                    status(InvalidArgument, "validation_failed", msg, Some("role"))
+                }
                 C::Lookup(l) => {
                     tracing::error!(error = ?l, "lookup failed");
                     status(Internal, "internal", "internal error".into(), None)
@@ -117,7 +162,14 @@ fn correlation<T>(req: &Request<T>) -> Result<Option<Uuid>, Status> {
             .ok()
             .and_then(|s| Uuid::parse_str(s).ok())
             .map(Some)
-            .ok_or_else(|| status(Code::InvalidArgument, "validation_failed", "malformed x-correlation-id".into(), None)),
+            .ok_or_else(|| {
+                status(
+                    Code::InvalidArgument,
+                    "validation_failed",
+                    "malformed x-correlation-id".into(),
+                    None,
+                )
+            }),
     }
 }
 
@@ -132,7 +184,14 @@ fn actor<T>(req: &Request<T>) -> Result<(UserId, CommandMeta), Status> {
         .ok()
         .and_then(|s| Uuid::parse_str(s).ok())
         .map(UserId)
-        .ok_or_else(|| status(Code::InvalidArgument, "validation_failed", "malformed x-user-id".into(), None))?;
+        .ok_or_else(|| {
+            status(
+                Code::InvalidArgument,
+                "validation_failed",
+                "malformed x-user-id".into(),
+                None,
+            )
+        })?;
     Ok((user, CommandMeta::new(user.to_string(), correlation(req)?)))
 }
 
@@ -148,20 +207,36 @@ fn empty() -> Reply<pb::Empty> {
 
 #[tonic::async_trait]
 impl CommandService for CommandGrpc {
-    async fn register_user(&self, req: Request<pb::RegisterUserRequest>) -> Reply<pb::RegisterUserResponse> {
+    async fn register_user(
+        &self,
+        req: Request<pb::RegisterUserRequest>,
+    ) -> Reply<pb::RegisterUserResponse> {
         let meta = anonymous(&req, domain::envelope::SYSTEM_ACTOR)?;
         let r = req.into_inner();
         let id = self
             .commands
-            .register(&r.email, &r.username, &r.password, r.display_name.as_deref(), &meta)
+            .register(
+                &r.email,
+                &r.username,
+                &r.password,
+                r.display_name.as_deref(),
+                &meta,
+            )
             .await?;
-        Ok(Response::new(pb::RegisterUserResponse { user_id: id.to_string() }))
+        Ok(Response::new(pb::RegisterUserResponse {
+            user_id: id.to_string(),
+        }))
     }
 
-    async fn verify_password(&self, req: Request<pb::VerifyPasswordRequest>) -> Reply<pb::VerifyPasswordResponse> {
+    async fn verify_password(
+        &self,
+        req: Request<pb::VerifyPasswordRequest>,
+    ) -> Reply<pb::VerifyPasswordResponse> {
         let r = req.into_inner();
         let id = self.commands.verify_password(&r.login, &r.password).await?;
-        Ok(Response::new(pb::VerifyPasswordResponse { user_id: id.to_string() }))
+        Ok(Response::new(pb::VerifyPasswordResponse {
+            user_id: id.to_string(),
+        }))
     }
 
     async fn change_password(&self, req: Request<pb::ChangePasswordRequest>) -> Reply<pb::Empty> {
@@ -179,7 +254,10 @@ impl CommandService for CommandGrpc {
     ) -> Reply<pb::RequestPasswordResetResponse> {
         let meta = anonymous(&req, domain::envelope::SYSTEM_ACTOR)?;
         let r = req.into_inner();
-        let issued = self.commands.request_password_reset(&r.email, &meta).await?;
+        let issued = self
+            .commands
+            .request_password_reset(&r.email, &meta)
+            .await?;
         Ok(Response::new(match issued {
             Some(i) => pb::RequestPasswordResetResponse {
                 token: Some(i.token),
@@ -200,10 +278,15 @@ impl CommandService for CommandGrpc {
             .commands
             .complete_password_reset(&r.token, &r.new_password, &meta)
             .await?;
-        Ok(Response::new(pb::CompletePasswordResetResponse { user_id: user.to_string() }))
+        Ok(Response::new(pb::CompletePasswordResetResponse {
+            user_id: user.to_string(),
+        }))
     }
 
-    async fn change_display_name(&self, req: Request<pb::ChangeDisplayNameRequest>) -> Reply<pb::Empty> {
+    async fn change_display_name(
+        &self,
+        req: Request<pb::ChangeDisplayNameRequest>,
+    ) -> Reply<pb::Empty> {
         let (user, meta) = actor(&req)?;
         self.commands
             .change_display_name(user, &req.into_inner().display_name, &meta)
@@ -214,30 +297,46 @@ impl CommandService for CommandGrpc {
     async fn grant_role(&self, req: Request<pb::GrantRoleRequest>) -> Reply<pb::Empty> {
         let meta = anonymous(&req, domain::envelope::SYSTEM_ACTOR)?;
         let r = req.into_inner();
-        self.commands.set_role(&r.user_id, &r.role, true, &meta).await?;
+        self.commands
+            .set_role(&r.user_id, &r.role, true, &meta)
+            .await?;
         empty()
     }
 
     async fn revoke_role(&self, req: Request<pb::GrantRoleRequest>) -> Reply<pb::Empty> {
         let meta = anonymous(&req, domain::envelope::SYSTEM_ACTOR)?;
         let r = req.into_inner();
-        self.commands.set_role(&r.user_id, &r.role, false, &meta).await?;
+        self.commands
+            .set_role(&r.user_id, &r.role, false, &meta)
+            .await?;
         empty()
     }
 
-    async fn create_group(&self, req: Request<pb::CreateGroupRequest>) -> Reply<pb::CreateConversationResponse> {
+    async fn create_group(
+        &self,
+        req: Request<pb::CreateGroupRequest>,
+    ) -> Reply<pb::CreateConversationResponse> {
         let (user, meta) = actor(&req)?;
         let r = req.into_inner();
-        let id = self.commands.create_group(user, &r.title, &r.member_ids, &meta).await?;
+        let id = self
+            .commands
+            .create_group(user, &r.title, &r.member_ids, &meta)
+            .await?;
         Ok(Response::new(pb::CreateConversationResponse {
             conversation_id: id.to_string(),
             created: true,
         }))
     }
 
-    async fn open_direct(&self, req: Request<pb::OpenDirectRequest>) -> Reply<pb::CreateConversationResponse> {
+    async fn open_direct(
+        &self,
+        req: Request<pb::OpenDirectRequest>,
+    ) -> Reply<pb::CreateConversationResponse> {
         let (user, meta) = actor(&req)?;
-        let (id, created) = self.commands.open_direct(user, &req.into_inner().user_id, &meta).await?;
+        let (id, created) = self
+            .commands
+            .open_direct(user, &req.into_inner().user_id, &meta)
+            .await?;
         Ok(Response::new(pb::CreateConversationResponse {
             conversation_id: id.to_string(),
             created,
@@ -248,7 +347,13 @@ impl CommandService for CommandGrpc {
         let (user, meta) = actor(&req)?;
         let r = req.into_inner();
         self.commands
-            .add_member(user, &r.conversation_id, &r.user_id, r.role.as_deref(), &meta)
+            .add_member(
+                user,
+                &r.conversation_id,
+                &r.user_id,
+                r.role.as_deref(),
+                &meta,
+            )
             .await?;
         empty()
     }
@@ -271,14 +376,22 @@ impl CommandService for CommandGrpc {
         empty()
     }
 
-    async fn rename_conversation(&self, req: Request<pb::RenameConversationRequest>) -> Reply<pb::Empty> {
+    async fn rename_conversation(
+        &self,
+        req: Request<pb::RenameConversationRequest>,
+    ) -> Reply<pb::Empty> {
         let (user, meta) = actor(&req)?;
         let r = req.into_inner();
-        self.commands.rename(user, &r.conversation_id, &r.title, &meta).await?;
+        self.commands
+            .rename(user, &r.conversation_id, &r.title, &meta)
+            .await?;
         empty()
     }
 
-    async fn send_message(&self, req: Request<pb::SendMessageRequest>) -> Reply<pb::SendMessageResponse> {
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Reply<pb::SendMessageResponse> {
         let (user, meta) = actor(&req)?;
         let r = req.into_inner();
         let sent = self
@@ -288,7 +401,9 @@ impl CommandService for CommandGrpc {
         Ok(Response::new(pb::SendMessageResponse {
             message_id: sent.message_id.to_string(),
             seq: sent.seq,
-            sent_at: sent.sent_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            sent_at: sent
+                .sent_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             duplicate: sent.duplicate,
         }))
     }
@@ -314,7 +429,9 @@ impl CommandService for CommandGrpc {
     async fn mark_read(&self, req: Request<pb::MarkReadRequest>) -> Reply<pb::Empty> {
         let (user, meta) = actor(&req)?;
         let r = req.into_inner();
-        self.commands.mark_read(user, &r.conversation_id, r.seq, &meta).await?;
+        self.commands
+            .mark_read(user, &r.conversation_id, r.seq, &meta)
+            .await?;
         empty()
     }
 }

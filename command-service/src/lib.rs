@@ -137,7 +137,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then in-flight calls finish and the
     /// relay stops after its current round.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let relay_task = self.relay.map(|r| {
             let rx = stop_rx.clone();
@@ -161,7 +164,9 @@ impl Application {
             .tls_config(self.tls)?
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(CommandServiceServer::new(grpc::CommandGrpc::new(self.commands)))
+            .add_service(CommandServiceServer::new(grpc::CommandGrpc::new(
+                self.commands,
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 let _ = stop_for_server.wait_for(|s| *s).await;
             });

@@ -96,8 +96,9 @@ impl ConversationLookup for PgLookup {
 /// unique index and is reported as a conflict, so the command is retried and
 /// then finds the first send.
 pub fn message_index_writer(conversation: ConversationId) -> SideWrite<'static, ConversationEvent> {
-    Box::new(move |conn: &mut PgConnection, events: &[Appended<ConversationEvent>]| {
-        async move {
+    Box::new(
+        move |conn: &mut PgConnection, events: &[Appended<ConversationEvent>]| {
+            async move {
             for e in events {
                 match &e.event {
                     ConversationEvent::MessageSent {
@@ -139,5 +140,6 @@ pub fn message_index_writer(conversation: ConversationId) -> SideWrite<'static, 
             Ok(())
         }
         .boxed()
-    })
+        },
+    )
 }

@@ -43,18 +43,29 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::GrantRole { user_id, role } => operator_role(&cli.config, &user_id, &role, true).await,
-        Cmd::RevokeRole { user_id, role } => operator_role(&cli.config, &user_id, &role, false).await,
+        Cmd::RevokeRole { user_id, role } => {
+            operator_role(&cli.config, &user_id, &role, false).await
+        }
     }
 }
 
-
-async fn operator_role(config: &Config, user_id: &str, role: &str, grant: bool) -> anyhow::Result<()> {
+async fn operator_role(
+    config: &Config,
+    user_id: &str,
+    role: &str,
+    grant: bool,
+) -> anyhow::Result<()> {
     let mut config = config.clone();
     config.relay = false;
     config.listen = "127.0.0.1:0".parse()?;
     let app = Application::build(&config).await?;
     app.commands()
-        .set_role(user_id, role, grant, &CommandMeta::new(domain::envelope::SYSTEM_ACTOR, None))
+        .set_role(
+            user_id,
+            role,
+            grant,
+            &CommandMeta::new(domain::envelope::SYSTEM_ACTOR, None),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(user_id, role, grant, "role updated");

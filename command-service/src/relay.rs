@@ -121,7 +121,9 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,7 +136,11 @@ impl Relay {
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", "30000")
             .create()?;
-        Ok(Self { pool, producer, config })
+        Ok(Self {
+            pool,
+            producer,
+            config,
+        })
     }
 
     /// Step 1: positions for up to `batch_size` committed, unpositioned events.
@@ -192,11 +198,26 @@ impl Relay {
             let position = e.position.to_string();
             let sequence = e.sequence.to_string();
             let headers = OwnedHeaders::new_with_capacity(5)
-                .insert(Header { key: "event_type", value: Some(e.event_type.as_str()) })
-                .insert(Header { key: "event_version", value: Some(e.event_version.as_str()) })
-                .insert(Header { key: "aggregate_type", value: Some(e.aggregate_type.as_str()) })
-                .insert(Header { key: "sequence", value: Some(sequence.as_str()) })
-                .insert(Header { key: "position", value: Some(position.as_str()) });
+                .insert(Header {
+                    key: "event_type",
+                    value: Some(e.event_type.as_str()),
+                })
+                .insert(Header {
+                    key: "event_version",
+                    value: Some(e.event_version.as_str()),
+                })
+                .insert(Header {
+                    key: "aggregate_type",
+                    value: Some(e.aggregate_type.as_str()),
+                })
+                .insert(Header {
+                    key: "sequence",
+                    value: Some(sequence.as_str()),
+                })
+                .insert(Header {
+                    key: "position",
+                    value: Some(position.as_str()),
+                });
             let record = FutureRecord::to(&self.config.topic)
                 .key(e.aggregate_id.as_str())
                 .payload(e.value.as_str())

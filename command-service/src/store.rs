@@ -111,7 +111,10 @@ pub enum ExecError<E> {
 
 /// Writes a command's side tables inside the events' transaction.
 pub type SideWrite<'a, E> = Box<
-    dyn for<'c> FnMut(&'c mut PgConnection, &'c [Appended<E>]) -> BoxFuture<'c, Result<(), StoreError>>
+    dyn for<'c> FnMut(
+            &'c mut PgConnection,
+            &'c [Appended<E>],
+        ) -> BoxFuture<'c, Result<(), StoreError>>
         + Send
         + 'a,
 >;
@@ -248,7 +251,11 @@ where
         let (mut state, mut version, from_snapshot) = match snapshot {
             Some(row) => {
                 let payload: Value = row.try_get("payload")?;
-                (serde_json::from_value::<A>(payload)?, row.try_get::<i64, _>("last_sequence")?, true)
+                (
+                    serde_json::from_value::<A>(payload)?,
+                    row.try_get::<i64, _>("last_sequence")?,
+                    true,
+                )
             }
             None => (A::default(), 0, false),
         };
@@ -333,7 +340,10 @@ where
                     event,
                 })
                 .collect();
-            match self.append(id, base, &appended, &state, meta, side.as_mut()).await {
+            match self
+                .append(id, base, &appended, &state, meta, side.as_mut())
+                .await
+            {
                 Ok(()) => {
                     let version = base + appended.len() as i64;
                     *cached = Cached { state, version };

@@ -52,14 +52,20 @@ pub enum ConversationCommand {
         role: Role,
     },
     /// Removing oneself is leaving.
-    RemoveMember { actor: UserId, user_id: UserId },
+    RemoveMember {
+        actor: UserId,
+        user_id: UserId,
+    },
     /// Owner only. Giving `Owner` transfers ownership (the old owner becomes admin).
     ChangeRole {
         actor: UserId,
         user_id: UserId,
         role: Role,
     },
-    Rename { actor: UserId, title: Title },
+    Rename {
+        actor: UserId,
+        title: Title,
+    },
     SendMessage {
         sender: UserId,
         message_id: MessageId,
@@ -73,7 +79,10 @@ pub enum ConversationCommand {
         body: MessageBody,
         edited_at: DateTime<Utc>,
     },
-    DeleteMessage { actor: UserId, message_id: MessageId },
+    DeleteMessage {
+        actor: UserId,
+        message_id: MessageId,
+    },
 }
 
 /// A member as listed in `ConversationCreated`.

@@ -28,14 +28,24 @@ pub enum UserCommand {
     /// The caller proved the current password (checked by the service).
     ChangePassword,
     /// A reset token was issued (stored hashed elsewhere), valid until `expires_at`.
-    RequestPasswordReset { expires_at: DateTime<Utc> },
+    RequestPasswordReset {
+        expires_at: DateTime<Utc>,
+    },
     /// A valid reset token was presented at `at`.
-    CompletePasswordReset { at: DateTime<Utc> },
-    ChangeDisplayName { display_name: DisplayName },
+    CompletePasswordReset {
+        at: DateTime<Utc>,
+    },
+    ChangeDisplayName {
+        display_name: DisplayName,
+    },
     /// Operator command.
-    GrantRole { role: UserRole },
+    GrantRole {
+        role: UserRole,
+    },
     /// Operator command.
-    RevokeRole { role: UserRole },
+    RevokeRole {
+        role: UserRole,
+    },
 }
 
 /// How a password came to change.

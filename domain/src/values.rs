@@ -375,8 +375,13 @@ mod tests {
     #[test]
     fn username_rules() {
         let l = Limits::default();
-        assert_eq!(Username::parse("Alice_1", &l).map(|u| u.0), Ok("alice_1".into()));
-        assert!(matches!(Username::parse("ab", &l), Err(e) if e.kind == ValidationKind::TooShort(3)));
+        assert_eq!(
+            Username::parse("Alice_1", &l).map(|u| u.0),
+            Ok("alice_1".into())
+        );
+        assert!(
+            matches!(Username::parse("ab", &l), Err(e) if e.kind == ValidationKind::TooShort(3))
+        );
         assert!(Username::parse(&"a".repeat(33), &l).is_err());
         assert!(Username::parse("al ice", &l).is_err());
         assert!(Username::parse("alicé", &l).is_err());
@@ -385,7 +390,10 @@ mod tests {
     #[test]
     fn body_is_trimmed_and_bounded_in_characters() {
         let l = Limits::default();
-        assert_eq!(MessageBody::parse("  hi \n", &l).map(|b| b.0), Ok("hi".into()));
+        assert_eq!(
+            MessageBody::parse("  hi \n", &l).map(|b| b.0),
+            Ok("hi".into())
+        );
         assert!(MessageBody::parse("   ", &l).is_err());
         assert!(MessageBody::parse(&"é".repeat(4000), &l).is_ok());
         assert!(MessageBody::parse(&"é".repeat(4001), &l).is_err());

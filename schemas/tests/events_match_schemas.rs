@@ -20,8 +20,8 @@ use domain::event::{encode, EventTypes, CURRENT_VERSION};
 use domain::read_marker::ReadMarkerEvent;
 use domain::user::{PasswordChangeMethod, UserEvent};
 use domain::values::{
-    read_marker_id, ClientMsgId, ConversationId, DisplayName, Email, MessageBody, MessageId,
-    Role, Title, UserId, UserRole, Username,
+    read_marker_id, ClientMsgId, ConversationId, DisplayName, Email, MessageBody, MessageId, Role,
+    Title, UserId, UserRole, Username,
 };
 use domain::Limits;
 use jsonschema::Validator;
@@ -327,10 +327,7 @@ fn all_samples() -> Vec<(&'static str, Vec<Sample>)> {
         &p.owner.to_string(),
     );
     // Roles are granted by operators.
-    for s in user
-        .iter_mut()
-        .filter(|s| s.event_type.starts_with("Role"))
-    {
+    for s in user.iter_mut().filter(|s| s.event_type.starts_with("Role")) {
         s.actor = SYSTEM_ACTOR.to_owned();
     }
 
@@ -457,7 +454,10 @@ fn every_event_the_domain_defines_validates_against_its_schema() {
         .filter_map(|a| types_of(a))
         .map(<[&str]>::len)
         .sum();
-    assert!(validated >= declared, "{validated} instances < {declared} types");
+    assert!(
+        validated >= declared,
+        "{validated} instances < {declared} types"
+    );
 }
 
 #[test]
@@ -466,7 +466,9 @@ fn every_schema_belongs_to_a_domain_event() {
     for (aggregate_type, event_type, version, _) in schemas::ALL {
         let known = types_of(aggregate_type).is_some_and(|t| t.contains(event_type));
         if !known {
-            orphans.push(format!("{aggregate_type}/{event_type} v{version}: no such event"));
+            orphans.push(format!(
+                "{aggregate_type}/{event_type} v{version}: no such event"
+            ));
         }
         if *version < 1 || *version > CURRENT_VERSION {
             orphans.push(format!(
@@ -505,7 +507,10 @@ fn every_schema_file_on_disk_is_listed_and_well_formed() {
             on_disk.insert(format!("{aggregate}/{name}"));
         }
     }
-    assert_eq!(on_disk, listed, "files under events/ and schemas::ALL differ");
+    assert_eq!(
+        on_disk, listed,
+        "files under events/ and schemas::ALL differ"
+    );
 
     for (aggregate_type, event_type, version, text) in schemas::ALL {
         let what = format!("{aggregate_type}/{event_type}.v{version}");
@@ -665,10 +670,16 @@ fn payload_schemas_refuse_bad_payloads() {
     let mut user = sample_payload("user", "UserRegistered");
     assert!(registered.is_valid(&user), "{user}");
     user["username"] = json!("Ann");
-    assert!(!registered.is_valid(&user), "upper-case username must be refused");
+    assert!(
+        !registered.is_valid(&user),
+        "upper-case username must be refused"
+    );
     let mut user = sample_payload("user", "UserRegistered");
     user["email"] = json!("no-at-sign");
-    assert!(!registered.is_valid(&user), "malformed email must be refused");
+    assert!(
+        !registered.is_valid(&user),
+        "malformed email must be refused"
+    );
 
     let method = payload_validator("user", "PasswordChanged").expect("schema");
     assert!(method.is_valid(&json!({"method": "reset"})));
@@ -691,7 +702,10 @@ fn envelope_schema_refuses_bad_envelopes() {
     system["actor"] = json!(SYSTEM_ACTOR);
     assert!(v.is_valid(&system), "actor `system` is allowed");
     let mut no_position = good.clone();
-    no_position.as_object_mut().expect("object").remove("position");
+    no_position
+        .as_object_mut()
+        .expect("object")
+        .remove("position");
     assert!(v.is_valid(&no_position), "position is optional");
     let mut null_cause = good.clone();
     null_cause["causation_id"] = Value::Null;
@@ -711,16 +725,31 @@ fn envelope_schema_refuses_bad_envelopes() {
         ("sequence 0", bad("sequence", json!(0))),
         ("sequence as a string", bad("sequence", json!("2"))),
         ("event_version 0", bad("event_version", json!(0))),
-        ("unknown aggregate type", bad("aggregate_type", json!("order"))),
+        (
+            "unknown aggregate type",
+            bad("aggregate_type", json!("order")),
+        ),
         ("event_id not a uuid", bad("event_id", json!("abc"))),
         ("aggregate_id not a uuid", bad("aggregate_id", json!("abc"))),
         ("actor neither uuid nor system", bad("actor", json!("bob"))),
         ("causation_id not a uuid", bad("causation_id", json!("abc"))),
-        ("occurred_at not UTC", bad("occurred_at", json!("2025-01-01T10:00:00+02:00"))),
-        ("occurred_at not a date-time", bad("occurred_at", json!("2025-13-01"))),
+        (
+            "occurred_at not UTC",
+            bad("occurred_at", json!("2025-01-01T10:00:00+02:00")),
+        ),
+        (
+            "occurred_at not a date-time",
+            bad("occurred_at", json!("2025-13-01")),
+        ),
         ("position 0", bad("position", json!(0))),
-        ("payload not an object", bad("payload", json!("MessageSent"))),
-        ("event_type not a name", bad("event_type", json!("message sent"))),
+        (
+            "payload not an object",
+            bad("payload", json!("MessageSent")),
+        ),
+        (
+            "event_type not a name",
+            bad("event_type", json!("message sent")),
+        ),
         ("unknown property", bad("secret", json!("x"))),
         ("missing payload", without("payload")),
         ("missing causation_id", without("causation_id")),

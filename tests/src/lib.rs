@@ -1,3 +1,5 @@
 //! End-to-end tests of Messenger against the real stack, and the pieces of the dev stack they need.
 
+pub mod harness;
+pub mod kafka;
 pub mod smtp_sink;
