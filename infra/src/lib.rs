@@ -13,8 +13,11 @@
 //! - [`tls`]: tonic mutual-TLS configurations built from such a directory:
 //!   servers require a client certificate signed by the CA; clients present
 //!   their own and trust only the CA.
+//! - [`keys`]: the Redis key and pub/sub channel layout and the cache
+//!   coherence scheme shared by projector, query-service and gateway.
 //! - [`telemetry`]: one `tracing` subscriber setup for every binary.
 
+pub mod keys;
 pub mod pki;
 pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,67 @@
+//! Redis key and channel layout shared by the projector (writer), the
+//! query-service (cache reader) and the gateway (pub/sub subscriber).
+//! Every key starts with a configurable prefix (`MESSENGER_REDIS_PREFIX`,
+//! default `msg`) so tests and tenants never collide.
+//!
+//! # Pub/sub
+//!
+//! - `{p}:conv:{conversation_id}`: every projected event of the conversation,
+//!   published by the projector after its read-model transaction commits.
+//!   Payload: API.md's WebSocket event frame
+//!   `{"type":"event","cursor","event":{...}}`, ready to forward as is.
+//! - `{p}:user:{user_id}`: membership changes concerning that user
+//!   (ConversationCreated and MemberAdded naming them, MemberRemoved of them),
+//!   same payload, so a gateway can subscribe or unsubscribe the user's
+//!   sockets to the conversation channel before forwarding.
+//!
+//! # Cache coherence by generations
+//!
+//! Cached values are stored under a key that embeds a generation number:
+//! `{p}:cache:{scope}:{id}:{what}:g{generation}`, where the generation is
+//! the integer at `{p}:gen:{scope}:{id}` (missing = 0). A reader first reads
+//! the generation, then the cache key; on a miss it reads PostgreSQL and
+//! stores the result under the generation it read *before* the database
+//! read, with a TTL. The projector increments the generation *after* its
+//! transaction commits. A value computed from a database state older than
+//! the latest commit is therefore always filed under an old generation that
+//! no reader asks for again: no stale read survives an invalidation, without
+//! locks. Scopes: `conv` (details, members, newest history page) and `user`
+//! (conversation list).
+
+/// The pub/sub channel of a conversation.
+pub fn conv_channel(prefix: &str, conversation_id: &str) -> String {
+    format!("{prefix}:conv:{conversation_id}")
+}
+
+/// The pub/sub channel of a user's membership changes.
+pub fn user_channel(prefix: &str, user_id: &str) -> String {
+    format!("{prefix}:user:{user_id}")
+}
+
+/// Generation counter of a cache scope (`conv` or `user`) and id.
+pub fn generation(prefix: &str, scope: &str, id: &str) -> String {
+    format!("{prefix}:gen:{scope}:{id}")
+}
+
+/// A cached value of `scope`/`id` named `what`, valid for `generation`.
+pub fn cached(prefix: &str, scope: &str, id: &str, what: &str, generation: i64) -> String {
+    format!("{prefix}:cache:{scope}:{id}:{what}:g{generation}")
+}
+
+/// Presence of a user (maintained by gateways; read by the notifier).
+pub fn presence(prefix: &str, user_id: &str) -> String {
+    format!("{prefix}:presence:{user_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        assert_eq!(conv_channel("msg", "c1"), "msg:conv:c1");
+        assert_eq!(user_channel("msg", "u1"), "msg:user:u1");
+        assert_eq!(generation("t", "conv", "c1"), "t:gen:conv:c1");
+        assert_eq!(cached("t", "conv", "c1", "history", 3), "t:cache:conv:c1:history:g3");
+    }
+}
