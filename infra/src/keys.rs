@@ -62,6 +62,9 @@ mod tests {
         assert_eq!(conv_channel("msg", "c1"), "msg:conv:c1");
         assert_eq!(user_channel("msg", "u1"), "msg:user:u1");
         assert_eq!(generation("t", "conv", "c1"), "t:gen:conv:c1");
-        assert_eq!(cached("t", "conv", "c1", "history", 3), "t:cache:conv:c1:history:g3");
+        assert_eq!(
+            cached("t", "conv", "c1", "history", 3),
+            "t:cache:conv:c1:history:g3"
+        );
     }
 }

@@ -270,7 +270,8 @@ async fn list_messages(
     State(mailbox): State<Mailbox>,
     Query(filter): Query<ListFilter>,
 ) -> Json<Vec<Message>> {
-    Json(mailbox.list(filter.to.as_deref()))
+    // `?to=` (empty) means no filter, like no `to` at all.
+    Json(mailbox.list(filter.to.as_deref().filter(|to| !to.is_empty())))
 }
 
 async fn clear_messages(State(mailbox): State<Mailbox>) -> StatusCode {

@@ -1025,7 +1025,7 @@ async fn relay_crash_between_publish_and_mark_loses_nothing() -> Result<()> {
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
     let run = tokio::spawn(restarted.run(rx));
-    let records = all_on_kafka_with_duplicates(&svc).await?;
+    let records = all_on_kafka_with_duplicates(&svc, 10).await?;
     let _ = stop.send(true);
     run.await??;
     let ids: HashSet<&str> = records
@@ -1046,15 +1046,21 @@ async fn relay_crash_between_publish_and_mark_loses_nothing() -> Result<()> {
 
 /// Like `all_on_kafka` but tolerant of the redelivered prefix; checks that
 /// each stream's first occurrences are in order.
-async fn all_on_kafka_with_duplicates(svc: &CommandService) -> Result<Vec<kafka::Record>> {
+async fn all_on_kafka_with_duplicates(
+    svc: &CommandService,
+    redelivered: usize,
+) -> Result<Vec<kafka::Record>> {
     let expected = event_count(&svc.pool).await? as usize;
     let consumer = kafka::consumer(&stack().kafka_brokers, &svc.topic)?;
+    // Every event, plus the redelivered batch (records span partitions, so
+    // the copies can arrive after the last new event).
     let records = kafka::read_until(&consumer, Duration::from_secs(60), |r| {
         r.iter()
             .filter_map(|x| x.value["event_id"].as_str())
             .collect::<HashSet<_>>()
             .len()
             >= expected
+            && r.len() >= expected + redelivered
     })
     .await?;
     let mut highest: BTreeMap<String, i64> = BTreeMap::new();
