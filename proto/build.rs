@@ -9,7 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("messenger_descriptor.bin"))
-        .compile_protos(&["proto/messenger/command/v1/command.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/messenger/command/v1/command.proto",
+                "proto/messenger/query/v1/query.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -54,6 +54,10 @@ pub struct Config {
     /// Producer `linger.ms`.
     #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 1)]
     pub relay_linger_ms: u32,
+    /// Extra librdkafka producer properties for the relay, comma-separated
+    /// `key=value` pairs (e.g. `compression.type=lz4,debug=eos`).
+    #[arg(long, env = "RELAY_KAFKA_OPTIONS", default_value = "")]
+    pub relay_kafka_options: String,
     /// Safety-net poll interval of the relay, milliseconds.
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
     pub relay_poll_ms: u64,
@@ -87,6 +91,18 @@ pub struct Config {
     /// Largest group, members.
     #[arg(long, env = "MESSENGER_GROUP_MAX_MEMBERS", default_value_t = 1000)]
     pub group_max_members: usize,
+}
+
+impl Config {
+    /// `relay_kafka_options` as pairs; entries without `=` are ignored.
+    pub fn relay_kafka_pairs(&self) -> Vec<(String, String)> {
+        self.relay_kafka_options
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .filter(|(k, _)| !k.is_empty())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Config {

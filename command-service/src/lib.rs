@@ -38,6 +38,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::commands::Commands;
 use crate::config::Config;
@@ -106,6 +107,7 @@ impl Application {
                     batch_size: config.relay_batch_size.max(1),
                     poll_interval: Duration::from_millis(config.relay_poll_ms.max(10)),
                     linger_ms: config.relay_linger_ms,
+                    extra: config.relay_kafka_pairs(),
                 },
             )?)
         } else {
@@ -160,6 +162,17 @@ impl Application {
             .build_v1()?;
         tracing::info!(addr = %self.addr, "command-service listening (mTLS)");
         let mut stop_for_server = stop_rx.clone();
+        // Small request/response pairs: without TCP_NODELAY, Nagle and
+        // delayed ACKs add ~40 ms to a call (`Server::tcp_nodelay` applies
+        // only to listeners tonic binds itself, not to an incoming stream).
+        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            }
+            conn
+        });
         let server = tonic::transport::Server::builder()
             .tls_config(self.tls)?
             .add_service(health_service)
@@ -167,7 +180,7 @@ impl Application {
             .add_service(CommandServiceServer::new(grpc::CommandGrpc::new(
                 self.commands,
             )))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_for_server.wait_for(|s| *s).await;
             });
         let server = tokio::spawn(server);

@@ -45,6 +45,8 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// librdkafka `linger.ms`: how long the producer waits to batch.
     pub linger_ms: u32,
+    /// Extra librdkafka producer properties (`key=value`), applied last.
+    pub extra: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,13 +131,17 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     pub fn new(pool: PgPool, config: RelayConfig) -> Result<Self, RelayError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", &config.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", "30000")
-            .create()?;
+            .set("message.timeout.ms", "120000");
+        for (k, v) in &config.extra {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client.create()?;
         Ok(Self {
             pool,
             producer,

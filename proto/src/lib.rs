@@ -4,6 +4,8 @@
 //!
 //! - [`command::v1`]: `CommandService`, every write (accounts, conversations,
 //!   messages, read markers).
+//! - [`query::v1`]: `QueryService`, every read (conversations, history,
+//!   users, the audit log, the WebSocket replay).
 //! - [`FILE_DESCRIPTOR_SET`]: for gRPC server reflection.
 
 #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
@@ -11,6 +13,12 @@
 pub mod command {
     pub mod v1 {
         tonic::include_proto!("messenger.command.v1");
+    }
+}
+
+pub mod query {
+    pub mod v1 {
+        tonic::include_proto!("messenger.query.v1");
     }
 }
 

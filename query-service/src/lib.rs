@@ -1,4 +1,197 @@
-//! Read models over gRPC (issue: Read side). Not built yet.
+//! query-service: every read of Messenger, over gRPC with mutual TLS.
 //!
-//! This crate is an empty placeholder in the workspace layout of
-//! DESIGN.md; it exposes nothing and runs nothing until its issue is done.
+//! It answers from the read models the projector maintains (`rm_*` tables),
+//! with Redis in front of the hot reads, and from the event store itself
+//! for the audit log and the WebSocket replay. It never writes PostgreSQL.
+//!
+//! # Layout (a code tour, in the order a read travels)
+//!
+//! - [`grpc`]: tonic service `messenger.query.v1.QueryService`; takes the
+//!   caller from the `x-user-id` metadata (trusted: only CA-signed clients
+//!   reach it), maps errors to statuses (the only such mapping).
+//! - [`reads`]: the reads and their authorization, transport-free:
+//!   [`reads::conversations`] (list, details, read markers),
+//!   [`reads::messages`] (history bounded by membership periods),
+//!   [`reads::users`] (profiles, prefix search), [`reads::audit`] (the
+//!   global log and streams for auditors; the replay for the gateway).
+//! - [`cache`]: the Redis read-through cache, reader side of the
+//!   generation scheme of [`infra::keys`]; degrades to PostgreSQL when
+//!   Redis is away.
+//! - [`cursor`]: the opaque keyset cursor of the conversation list.
+//! - [`config`]: typed settings from flags and environment.
+//!
+//! [`Application::build`] wires it together; [`Application::run_until_stopped`]
+//! serves until the shutdown future resolves, then drains in-flight calls.
+//!
+//! # Authorization
+//!
+//! - Conversation details, list entries and read markers: current members
+//!   only (`rm_members`); NOT_FOUND otherwise, indistinguishable from a
+//!   conversation that does not exist.
+//! - History: the messages of the caller's membership periods
+//!   (`rm_member_periods`, `joined_seq <= seq < left_seq`). A late joiner
+//!   sees from their joining; a removed member sees nothing from their
+//!   removal on, but keeps the history of the periods they were in (the
+//!   stricter of the two options of the Read-side issue: no blanket
+//!   access, no blanket loss); a user with no period gets NOT_FOUND.
+//! - Audit log: role `auditor` in `rm_users.roles`, PERMISSION_DENIED
+//!   otherwise.
+//!
+//! # The WebSocket resume (`ListEventsForUser`)
+//!
+//! Frames are built from the event store (same JSON as the projector's live
+//! frames), filtered by the caller's membership periods (plus the
+//! `MemberRemoved` that ends one, and the caller's own read markers), with
+//! bodies of since-deleted messages blanked. A page never passes a
+//! conversation event the projector has not applied yet
+//! (`waiting_for_projection`), because membership is decided from the read
+//! models. The gateway subscribes to the live channels first, pages until
+//! `has_more` is false, then forwards live frames with a cursor above the
+//! last `next_position`.
+//!
+//! # What the cache needs from the projector
+//!
+//! After each read-model commit, `INCR {p}:gen:conv:{conversation_id}` for
+//! any event of that conversation (details, members, periods and the newest
+//! page all live in that scope), and `INCR {p}:gen:user:{user_id}` for every
+//! user whose conversation list shows a change (every current member on a
+//! message, rename or membership change; the member concerned on joining
+//! or leaving; the reader on a read marker).
+
+pub mod cache;
+pub mod config;
+pub mod cursor;
+pub mod grpc;
+pub mod reads;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::query::v1::query_service_server::QueryServiceServer;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::reads::Reads;
+
+/// Connects a pool to `url`.
+pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// A built, not yet running, query-service.
+#[derive(Debug)]
+pub struct Application {
+    /// Bound before running so `local_addr` is known (port 0 in tests).
+    listener: TcpListener,
+    addr: SocketAddr,
+    /// The reads, shared with in-process callers (tests, benchmarks).
+    reads: Reads,
+    /// Server side of mutual TLS.
+    tls: tonic::transport::ServerTlsConfig,
+}
+
+impl Application {
+    /// Connects PostgreSQL, starts connecting Redis (in the background: the
+    /// service serves from PostgreSQL until Redis answers), binds the listener.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = connect(&config.database_url, config.db_pool).await?;
+        let cache = if config.cache {
+            Cache::connect(
+                &config.redis_url,
+                &config.redis_prefix,
+                config.cache_ttl(),
+                config.redis_timeout(),
+                config.redis_pool,
+            )?
+        } else {
+            Cache::disabled()
+        };
+        let cache = Arc::new(cache);
+        // A warm start when Redis is there; no failure when it is not.
+        if config.cache && !cache.wait_connected(Duration::from_secs(2)).await {
+            tracing::warn!("Redis not reachable yet; serving from PostgreSQL meanwhile");
+        }
+        let tls = infra::tls::server(&config.pki_dir, &config.tls_name)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            addr,
+            reads: Reads::new(pool, cache),
+            tls,
+        })
+    }
+
+    /// Where the gRPC server listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The reads, for in-process callers.
+    pub fn reads(&self) -> Reads {
+        self.reads.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then in-flight calls finish and the
+    /// Redis connections close.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<QueryServiceServer<grpc::QueryGrpc>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        tracing::info!(addr = %self.addr, "query-service listening (mTLS)");
+        let reads = self.reads.clone();
+        // Small request/response pairs: without TCP_NODELAY, Nagle and
+        // delayed ACKs add ~40 ms to a call. (`Server::tcp_nodelay` applies
+        // only to listeners tonic binds itself, not to an incoming stream.)
+        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            }
+            conn
+        });
+        let server = tonic::transport::Server::builder()
+            .tls_config(self.tls)?
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(QueryServiceServer::new(grpc::QueryGrpc::new(self.reads)))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            });
+        let server = tokio::spawn(server);
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        server.await??;
+        reads.cache().quit().await;
+        reads.pool().close().await;
+        Ok(())
+    }
+}

@@ -2,4 +2,6 @@
 
 pub mod harness;
 pub mod kafka;
+pub mod projector_support;
+pub mod query_support;
 pub mod smtp_sink;

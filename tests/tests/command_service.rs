@@ -948,6 +948,7 @@ async fn transactions_committing_out_of_order_are_positioned_in_commit_order() -
             batch_size: 100,
             poll_interval: Duration::from_millis(100),
             linger_ms: 0,
+            extra: vec![],
         },
     )?;
     let (a, b) = (
@@ -1005,6 +1006,7 @@ async fn relay_crash_between_publish_and_mark_loses_nothing() -> Result<()> {
         batch_size: 10,
         poll_interval: Duration::from_millis(100),
         linger_ms: 0,
+        extra: vec![],
     };
     {
         let doomed = command_service::relay::Relay::new(svc.pool.clone(), config.clone())?;

@@ -1,0 +1,110 @@
+//! Typed configuration, parsed once at start from flags and environment.
+//! Every setting has an env var and a documented default.
+
+use std::time::Duration;
+
+/// Settings of the projector. `Debug` is hand-written: the database and
+/// Redis URLs may carry passwords.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL holding the event store (read for gap repair and rebuild)
+    /// and the read models (written).
+    #[arg(
+        long,
+        env = "MESSENGER_DATABASE_URL",
+        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
+    )]
+    pub database_url: String,
+    /// Connections in the pool. The live loop uses one at a time; rebuild
+    /// and gap repair share it.
+    #[arg(long, env = "PROJECTOR_DB_POOL", default_value_t = 4)]
+    pub db_pool: u32,
+    /// Apply the platform's migrations at start (this binary carries
+    /// `migrations/`, including the projector's own tables).
+    #[arg(long, env = "PROJECTOR_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// Kafka (or tansu / Redpanda) bootstrap servers.
+    #[arg(
+        long,
+        env = "MESSENGER_KAFKA_BROKERS",
+        default_value = "127.0.0.1:59092"
+    )]
+    pub kafka_brokers: String,
+    /// Topic the outbox relay publishes every event to.
+    #[arg(
+        long,
+        env = "MESSENGER_EVENTS_TOPIC",
+        default_value = "messenger.events"
+    )]
+    pub events_topic: String,
+    /// Topic receiving records the projector cannot decode (poison records),
+    /// with the reason in headers.
+    #[arg(
+        long,
+        env = "MESSENGER_DEAD_LETTER_TOPIC",
+        default_value = "messenger.dead-letter"
+    )]
+    pub dead_letter_topic: String,
+    /// Kafka consumer group. Instances sharing it split the partitions.
+    #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "projector")]
+    pub group_id: String,
+    /// Redis for pub/sub fan-out and cache generations.
+    #[arg(
+        long,
+        env = "MESSENGER_REDIS_URL",
+        default_value = "redis://127.0.0.1:56379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel (see `infra::keys`).
+    #[arg(long, env = "MESSENGER_REDIS_PREFIX", default_value = "msg")]
+    pub redis_prefix: String,
+    /// Most Kafka records applied in one read-model transaction. A batch is
+    /// whatever is immediately available up to this size, so a quiet topic
+    /// is projected record by record with no added latency.
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Events per transaction when rebuilding from the event store.
+    #[arg(long, env = "PROJECTOR_REBUILD_BATCH_SIZE", default_value_t = 5000)]
+    pub rebuild_batch_size: i64,
+    /// How long to keep retrying Redis (generations, then publishes) after a
+    /// commit before giving up on that batch's fan-out, seconds. Cached
+    /// values carry a TTL, so a lost invalidation heals by itself.
+    #[arg(long, env = "PROJECTOR_REDIS_RETRY_SECS", default_value_t = 30)]
+    pub redis_retry_secs: u64,
+}
+
+impl Config {
+    /// [`Self::redis_retry_secs`] as a duration.
+    pub fn redis_retry(&self) -> Duration {
+        Duration::from_secs(self.redis_retry_secs)
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("events_topic", &self.events_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("group_id", &self.group_id)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a `Config` from an argument list and the environment, for
+/// embedding (tests, benchmarks) the way the binary does.
+pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: Config,
+    }
+    use clap::Parser;
+    Wrapper::try_parse_from(args).map(|w| w.config)
+}

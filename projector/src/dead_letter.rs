@@ -1,0 +1,108 @@
+//! The dead-letter topic: records the projector cannot project, kept with
+//! their original key, value and headers plus why (`dlq_reason`, one of
+//! [`PoisonReason`](crate::event::PoisonReason)'s strings, and
+//! `dlq_detail`) and where they came from (`dlq_source_topic`,
+//! `dlq_partition`, `dlq_offset`). An operator can inspect, fix and replay
+//! them; the live loop commits past them and carries on.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::event::Poison;
+
+/// A producer to the dead-letter topic.
+#[derive(Clone)]
+pub struct DeadLetter {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetter {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Produces every `(record, poison)` and waits until Kafka has them all.
+    pub async fn send(&self, records: &[(&OwnedMessage, &Poison)]) -> Result<(), KafkaError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (record, poison) in records {
+            let partition = record.partition().to_string();
+            let offset = record.offset().to_string();
+            let mut headers = OwnedHeaders::new();
+            if let Some(original) = record.headers() {
+                for h in original.iter() {
+                    if !h.key.starts_with("dlq_") {
+                        headers = headers.insert(h);
+                    }
+                }
+            }
+            let headers = headers
+                .insert(Header {
+                    key: "dlq_reason",
+                    value: Some(poison.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "dlq_detail",
+                    value: Some(poison.detail.as_str()),
+                })
+                .insert(Header {
+                    key: "dlq_source_topic",
+                    value: Some(record.topic()),
+                })
+                .insert(Header {
+                    key: "dlq_partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "dlq_offset",
+                    value: Some(offset.as_str()),
+                });
+            let mut out: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).headers(headers);
+            if let Some(key) = record.key() {
+                out = out.key(key);
+            }
+            if let Some(value) = record.payload() {
+                out = out.payload(value);
+            }
+            match self.producer.send_result(out) {
+                Ok(d) => deliveries.push(d),
+                Err((e, _)) => return Err(e),
+            }
+        }
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for in-flight records (at shutdown).
+    pub fn flush(&self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
+    }
+}

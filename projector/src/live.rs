@@ -1,0 +1,323 @@
+//! The live loop: Kafka records to read models, then Redis.
+//!
+//! One round:
+//!
+//! 1. take what the consumer has ready, up to `batch_size` records (at
+//!    least one: a quiet topic is projected record by record, no linger);
+//! 2. decode; poison records go to the dead-letter topic (and are logged
+//!    once, with their reason) before anything else happens;
+//! 3. apply the good ones in one transaction through the
+//!    [`Engine`](crate::engine::Engine) (dedupe, gap repair, checkpoints)
+//!    and compute the Redis plan; commit. Failures roll back and retry the
+//!    same batch with backoff; nothing is skipped;
+//! 4. run the Redis plan (generations, then publishes; see
+//!    [`fanout`](crate::fanout));
+//! 5. commit the Kafka offsets past the whole batch, poison included.
+//!
+//! A crash anywhere before 5 redelivers the batch; step 3 then skips what
+//! was committed, so the read models see each event once. Offsets are never
+//! committed for records whose effects are not committed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::dead_letter::DeadLetter;
+use crate::engine::{Engine, EngineError, Outcome};
+use crate::event::{Poison, PoisonReason, ProjectedEvent};
+use crate::fanout::{self, Fanout, Plan};
+use crate::projection::Projection;
+use crate::projections::core;
+
+/// Counters of the live loop, for tests, logs and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Kafka records received.
+    pub records: AtomicU64,
+    /// (event, projection) applications, gap repairs included.
+    pub applied: AtomicU64,
+    /// (event, projection) pairs skipped as already applied.
+    pub skipped: AtomicU64,
+    /// Events read from the store to fill gaps.
+    pub repaired: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Read-model transactions committed.
+    pub batches: AtomicU64,
+    /// Frames published on Redis.
+    pub published: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub records: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    pub repaired: u64,
+    pub dead_lettered: u64,
+    pub batches: u64,
+    pub published: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            records: get(&self.records),
+            applied: get(&self.applied),
+            skipped: get(&self.skipped),
+            repaired: get(&self.repaired),
+            dead_lettered: get(&self.dead_lettered),
+            batches: get(&self.batches),
+            published: get(&self.published),
+        }
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The live projector.
+pub struct Live {
+    pub(crate) consumer: StreamConsumer,
+    pub(crate) pool: PgPool,
+    pub(crate) engine: Engine,
+    pub(crate) projections: Vec<Arc<dyn Projection>>,
+    pub(crate) fanout: Fanout,
+    pub(crate) prefix: String,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) batch_size: usize,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("projections", &self.projections)
+            .field("prefix", &self.prefix)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a step finished or was interrupted by shutdown.
+enum Step<T> {
+    Done(T),
+    Stopped,
+}
+
+/// Sleeps `d` unless shutdown comes first; `true` when shutting down.
+async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
+
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(Duration::from_secs(10))
+}
+
+impl Live {
+    /// Consumes until `shutdown` turns true; the batch in progress finishes
+    /// (or, while it is retrying, is abandoned uncommitted).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut stream = self.consumer.stream();
+        let mut last_commit: Option<TopicPartitionList> = None;
+        let mut error_backoff = Duration::from_millis(50);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                m = stream.next() => m,
+            };
+            let mut batch = Vec::with_capacity(self.batch_size.min(64));
+            match first {
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    if pause(&mut shutdown, error_backoff).await {
+                        break;
+                    }
+                    error_backoff = next_backoff(error_backoff);
+                    continue;
+                }
+                None => break,
+            }
+            error_backoff = Duration::from_millis(50);
+            while batch.len() < self.batch_size.max(1) {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m.detach()),
+                    Some(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            match self.process(&batch, &mut shutdown).await {
+                Step::Done(()) => {}
+                Step::Stopped => break,
+            }
+            let offsets = next_offsets(&batch);
+            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
+                tracing::warn!(error = %e, "committing offsets failed; the batch may be redelivered (and skipped)");
+            }
+            last_commit = Some(offsets);
+        }
+        drop(stream);
+        if let Some(offsets) = last_commit {
+            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(error = %e, "final offset commit failed");
+            }
+        }
+        self.dead_letter.flush();
+        tracing::info!(stats = ?self.stats.snapshot(), "live projector stopped");
+    }
+
+    #[tracing::instrument(skip_all, fields(records = batch.len()))]
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Step<()> {
+        Stats::add(&self.stats.records, batch.len() as u64);
+        let mut events: Vec<ProjectedEvent> = Vec::with_capacity(batch.len());
+        let mut origin: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut poison: Vec<(usize, Poison)> = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let decoded = match record.payload() {
+                Some(v) => self.engine.decoder().decode_bytes(v),
+                None => Err(Poison::new(
+                    PoisonReason::Undecodable,
+                    "record has no value",
+                )),
+            };
+            match decoded {
+                Ok(e) => {
+                    events.push(e);
+                    origin.push(i);
+                }
+                Err(p) => poison.push((i, p)),
+            }
+        }
+        if let Step::Stopped = self.dead_letter_all(batch, &poison, shutdown).await {
+            return Step::Stopped;
+        }
+        let mut backoff = Duration::from_millis(50);
+        let (outcome, plan) = loop {
+            match self.apply(&events).await {
+                Ok(done) => break done,
+                Err(EngineError::Unrepairable { index, detail }) => {
+                    events.remove(index);
+                    let record = origin.remove(index);
+                    let p = vec![(record, Poison::new(PoisonReason::UnrepairableGap, detail))];
+                    if let Step::Stopped = self.dead_letter_all(batch, &p, shutdown).await {
+                        return Step::Stopped;
+                    }
+                }
+                Err(e) => {
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, "read-model transaction failed; retrying");
+                    } else {
+                        tracing::error!(error = ?e, "read-model transaction failed; retrying");
+                    }
+                    if pause(shutdown, backoff).await {
+                        return Step::Stopped;
+                    }
+                    backoff = next_backoff(backoff);
+                }
+            }
+        };
+        Stats::add(&self.stats.applied, outcome.applied);
+        Stats::add(&self.stats.skipped, outcome.skipped);
+        Stats::add(&self.stats.repaired, outcome.repaired);
+        Stats::add(&self.stats.batches, 1);
+        match self.fanout.execute(&plan).await {
+            Ok(()) => Stats::add(&self.stats.published, plan.messages.len() as u64),
+            Err(e) => tracing::error!(
+                error = %e,
+                frames = plan.messages.len(),
+                generations = plan.generations.len(),
+                "redis fan-out abandoned after retries; caches heal by TTL, clients by resuming"
+            ),
+        }
+        Step::Done(())
+    }
+
+    async fn apply(&self, events: &[ProjectedEvent]) -> Result<(Outcome, Plan), EngineError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = self
+            .engine
+            .apply(&mut tx, &self.projections, events, Some(core::NAME))
+            .await?;
+        let plan = fanout::plan(&mut tx, &self.prefix, &outcome.fanout).await?;
+        tx.commit().await?;
+        Ok((outcome, plan))
+    }
+
+    async fn dead_letter_all(
+        &self,
+        batch: &[OwnedMessage],
+        poison: &[(usize, Poison)],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Step<()> {
+        if poison.is_empty() {
+            return Step::Done(());
+        }
+        let records: Vec<(&OwnedMessage, &Poison)> =
+            poison.iter().map(|(i, p)| (&batch[*i], p)).collect();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.dead_letter.send(&records).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "producing to the dead-letter topic failed; retrying");
+                    if pause(shutdown, backoff).await {
+                        return Step::Stopped;
+                    }
+                    backoff = next_backoff(backoff);
+                }
+            }
+        }
+        for (record, p) in records {
+            tracing::warn!(
+                reason = p.reason.as_str(),
+                detail = %p.detail,
+                topic = record.topic(),
+                partition = record.partition(),
+                offset = record.offset(),
+                "poison record dead-lettered"
+            );
+        }
+        Stats::add(&self.stats.dead_lettered, poison.len() as u64);
+        Step::Done(())
+    }
+}
+
+/// Per partition, the offset after the last record of the batch.
+fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = next.entry((m.topic(), m.partition())).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::with_capacity(next.len());
+    for ((topic, partition), offset) in next {
+        // Only fails for an invalid offset value, which +1 of a real one is not.
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    tpl
+}

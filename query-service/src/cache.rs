@@ -1,0 +1,348 @@
+//! The Redis read-through cache, reader side of the generation scheme of
+//! [`infra::keys`].
+//!
+//! A read goes: [`Cache::generation`] (`GET {p}:gen:{scope}:{id}`, missing
+//! = 0), then [`Cache::get`] of `{p}:cache:{scope}:{id}:{what}:g{n}`; on a
+//! miss the caller reads PostgreSQL and [`Cache::put`]s the value under the
+//! generation it read *before* the database read. The projector increments
+//! the generation after each commit, so a value computed from an older
+//! database state is filed under a generation nobody asks for any more.
+//!
+//! The cache is an optimisation, never a dependency: when Redis is down,
+//! slow or answers garbage, every method degrades to "no generation" / "miss"
+//! / "not stored" and the caller reads PostgreSQL. A disconnected client is
+//! detected without a round trip (no waiting on a dead socket per request);
+//! every command is bounded by a timeout. The transition to and from the
+//! degraded state is logged once each, not per request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use fred::prelude::{
+    Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A cache scope of [`infra::keys`]: what a generation counter covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One conversation: details, members, membership periods, newest page.
+    Conv,
+    /// One user: their conversation list.
+    User,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Conv => "conv",
+            Self::User => "user",
+        }
+    }
+}
+
+/// A generation read from Redis: the key space cached values may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    scope: Scope,
+    id: String,
+    /// The counter's value when read (missing counter = 0).
+    pub value: i64,
+}
+
+/// Hit and miss counters, for tests, benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Values served from Redis.
+    pub hits: AtomicU64,
+    /// Lookups that went to PostgreSQL (including while Redis was down).
+    pub misses: AtomicU64,
+}
+
+/// Snapshot of [`CacheStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// The connection and settings; absent when the cache is disabled.
+#[derive(Debug)]
+struct Redis {
+    /// A few multiplexed connections; reconnects by itself.
+    pool: Pool,
+    /// Key prefix shared with the projector (`MESSENGER_REDIS_PREFIX`).
+    prefix: String,
+    /// TTL of cached values, seconds.
+    ttl_secs: i64,
+    /// Whether the last command failed; flips are logged once each.
+    degraded: AtomicBool,
+}
+
+/// Read-through cache over Redis; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Cache {
+    redis: Option<Redis>,
+    stats: CacheStats,
+}
+
+impl Cache {
+    /// A cache that caches nothing: every read goes to PostgreSQL.
+    pub fn disabled() -> Self {
+        Self {
+            redis: None,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Starts connecting to `url` in the background and returns at once:
+    /// the service starts (and serves from PostgreSQL) even while Redis is
+    /// unreachable, and reconnects with exponential back-off.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        timeout: Duration,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let config = Config::from_url(url).context("parsing the Redis URL")?;
+        let pool = Builder::from_config(config)
+            .with_config(|c| c.fail_fast = false)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 1;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_pool(connections.max(1))
+            .context("building the Redis pool")?;
+        // The handle resolves only when the pool quits; dropping it detaches.
+        drop(pool.connect());
+        Ok(Self {
+            redis: Some(Redis {
+                pool,
+                prefix: prefix.to_owned(),
+                ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
+                degraded: AtomicBool::new(false),
+            }),
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// Hit and miss counts so far.
+    pub fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            misses: self.stats.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the cache is configured and its connection is up.
+    pub fn is_available(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.pool.is_connected())
+    }
+
+    /// Waits up to `timeout` for the first connection (used by callers that
+    /// prefer a warm start; never required).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let Some(r) = &self.redis else { return false };
+        matches!(
+            tokio::time::timeout(timeout, r.pool.wait_for_connect()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Closes the connections (graceful shutdown).
+    pub async fn quit(&self) {
+        if let Some(r) = &self.redis {
+            let _ = r.pool.quit().await;
+        }
+    }
+
+    /// The connection, if configured and up. A disconnected pool is known
+    /// without a round trip, so an outage costs requests nothing.
+    fn live(&self) -> Option<&Redis> {
+        let r = self.redis.as_ref()?;
+        if r.pool.is_connected() {
+            Some(r)
+        } else {
+            r.failed(&"not connected");
+            None
+        }
+    }
+
+    /// The current generation of `scope`/`id`, or `None` when Redis cannot
+    /// answer (the caller then neither reads nor writes the cache).
+    pub async fn generation(&self, scope: Scope, id: &str) -> Option<Generation> {
+        let r = self.live()?;
+        let key = infra::keys::generation(&r.prefix, scope.as_str(), id);
+        match r.pool.get::<Option<i64>, _>(key).await {
+            Ok(v) => {
+                r.ok();
+                Some(Generation {
+                    scope,
+                    id: id.to_owned(),
+                    value: v.unwrap_or(0),
+                })
+            }
+            Err(e) => {
+                r.failed(&e);
+                None
+            }
+        }
+    }
+
+    fn key(r: &Redis, generation: &Generation, what: &str) -> String {
+        infra::keys::cached(
+            &r.prefix,
+            generation.scope.as_str(),
+            &generation.id,
+            what,
+            generation.value,
+        )
+    }
+
+    /// The value cached as `what` under `generation`, if any.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        generation: Option<&Generation>,
+        what: &str,
+    ) -> Option<T> {
+        let raw = match (generation, self.live()) {
+            (Some(g), Some(r)) => {
+                match r.pool.get::<Option<String>, _>(Self::key(r, g, what)).await {
+                    Ok(v) => {
+                        r.ok();
+                        v
+                    }
+                    Err(e) => {
+                        r.failed(&e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        self.decode(raw, what)
+    }
+
+    /// Two values cached under the same generation, in one round trip (a
+    /// pipeline: each key is routed on its own, so this also holds on a
+    /// Redis Cluster, unlike `MGET`).
+    pub async fn get_two<A: DeserializeOwned, B: DeserializeOwned>(
+        &self,
+        generation: Option<&Generation>,
+        what_a: &str,
+        what_b: &str,
+    ) -> (Option<A>, Option<B>) {
+        let raw: Option<(Option<String>, Option<String>)> = match (generation, self.live()) {
+            (Some(g), Some(r)) => {
+                let pipeline = r.pool.next_connected().pipeline();
+                let queued = async {
+                    let () = pipeline.get(Self::key(r, g, what_a)).await?;
+                    let () = pipeline.get(Self::key(r, g, what_b)).await?;
+                    pipeline.all::<(Option<String>, Option<String>)>().await
+                };
+                match queued.await {
+                    Ok(v) => {
+                        r.ok();
+                        Some(v)
+                    }
+                    Err(e) => {
+                        r.failed(&e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (a, b) = raw.unwrap_or_default();
+        (self.decode(a, what_a), self.decode(b, what_b))
+    }
+
+    /// Decodes a raw cached value and counts the lookup as hit or miss.
+    fn decode<T: DeserializeOwned>(&self, raw: Option<String>, what: &str) -> Option<T> {
+        let found = raw.and_then(|s| match serde_json::from_str(&s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(error = %e, what, "undecodable cache entry ignored");
+                None
+            }
+        });
+        let counter = if found.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Stores `value` as `what` under `generation` with the configured TTL.
+    pub async fn put<T: Serialize>(&self, generation: Option<&Generation>, what: &str, value: &T) {
+        let (Some(g), Some(r)) = (generation, self.live()) else {
+            return;
+        };
+        let json = match serde_json::to_string(value) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "value not cacheable");
+                return;
+            }
+        };
+        match r
+            .pool
+            .set::<(), _, _>(
+                Self::key(r, g, what),
+                json,
+                Some(Expiration::EX(r.ttl_secs)),
+                None,
+                false,
+            )
+            .await
+        {
+            Ok(()) => r.ok(),
+            Err(e) => r.failed(&e),
+        }
+    }
+
+    /// Read-through: the cached value, or `load()`'s, which is then cached
+    /// (only `Some`: absence is not cached, so probing ids fills nothing).
+    pub async fn read_through<T, E, F, Fut>(
+        &self,
+        generation: Option<&Generation>,
+        what: &str,
+        load: F,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, E>>,
+    {
+        if let Some(v) = self.get(generation, what).await {
+            return Ok(Some(v));
+        }
+        let loaded = load().await?;
+        if let Some(v) = &loaded {
+            self.put(generation, what, v).await;
+        }
+        Ok(loaded)
+    }
+}
+
+impl Redis {
+    fn ok(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis answers again; cache back in use");
+        }
+    }
+
+    fn failed(&self, error: &dyn std::fmt::Display) {
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %error, "Redis command failed; reading PostgreSQL until it answers");
+        }
+    }
+}

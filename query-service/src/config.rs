@@ -1,0 +1,97 @@
+//! Typed configuration, parsed once at start from flags and environment.
+//! Every setting has an env var and a documented default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of query-service. `Debug` is hand-written: the database and
+/// Redis URLs may carry passwords.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL holding the read models and the event store.
+    #[arg(
+        long,
+        env = "MESSENGER_DATABASE_URL",
+        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
+    )]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "QUERY_SERVICE_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+    /// gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "QUERY_SERVICE_ADDR", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// Directory with `ca.pem` and this service's `NAME.pem`/`NAME.key`.
+    #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
+    pub pki_dir: PathBuf,
+    /// Certificate name of this service inside the PKI directory.
+    #[arg(long, env = "QUERY_SERVICE_TLS_NAME", default_value = "query-service")]
+    pub tls_name: String,
+    /// Redis holding the cache and its generation counters.
+    #[arg(
+        long,
+        env = "MESSENGER_REDIS_URL",
+        default_value = "redis://127.0.0.1:56379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key (shared with the projector and gateway).
+    #[arg(long, env = "MESSENGER_REDIS_PREFIX", default_value = "msg")]
+    pub redis_prefix: String,
+    /// Use the Redis cache at all (`false` reads PostgreSQL only; for
+    /// measurements and emergencies).
+    #[arg(long, env = "QUERY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cache: bool,
+    /// Lifetime of a cached value, seconds. Coherence does not depend on it
+    /// (generations do that); it bounds memory and the effect of a lost
+    /// generation increment.
+    #[arg(long, env = "QUERY_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// Longest wait for one Redis command before reading PostgreSQL instead,
+    /// milliseconds.
+    #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = 200)]
+    pub redis_timeout_ms: u64,
+    /// Redis connections (each pipelines many requests).
+    #[arg(long, env = "QUERY_REDIS_POOL", default_value_t = 2)]
+    pub redis_pool: usize,
+}
+
+impl Config {
+    /// `cache_ttl_secs` as a duration (at least one second).
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_secs.max(1))
+    }
+
+    /// `redis_timeout_ms` as a duration (at least one millisecond).
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("db_pool", &self.db_pool)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("cache", &self.cache)
+            .field("cache_ttl_secs", &self.cache_ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a `Config` from an argument list and the environment, for
+/// embedding (tests, benchmarks) the way the binary does.
+pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: Config,
+    }
+    use clap::Parser;
+    Wrapper::try_parse_from(args).map(|w| w.config)
+}
