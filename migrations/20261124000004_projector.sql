@@ -13,3 +13,9 @@ CREATE TABLE rm_messages_per_user_day (
     count   bigint NOT NULL CHECK (count > 0),
     PRIMARY KEY (user_id, day)
 );
+
+-- The core projection loads and updates every member's list row of a
+-- conversation when a message arrives; the primary key (user_id,
+-- conversation_id) cannot find them by conversation.
+CREATE INDEX rm_user_conversations_conversation_idx
+    ON rm_user_conversations (conversation_id);

@@ -45,6 +45,22 @@ pub struct Config {
         default_value = "messenger.dead-letter"
     )]
     pub dead_letter_topic: String,
+    /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch
+    /// with no new record. Kafka answers as soon as a record arrives, so
+    /// there this only bounds idle polling; tansu holds every fetch for this
+    /// long, so on the dev stack it adds directly to commit-to-pub/sub
+    /// latency. Hence a small default.
+    #[arg(long, env = "PROJECTOR_FETCH_WAIT_MS", default_value_t = 10)]
+    pub fetch_wait_ms: u32,
+    /// Extra librdkafka properties (`key=value`, comma-separated in the env
+    /// var) for the consumer and the dead-letter producer, applied last:
+    /// TLS or SASL settings of a real cluster, fetch sizes, ...
+    #[arg(
+        long = "kafka-option",
+        env = "PROJECTOR_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
+    pub kafka_options: Vec<String>,
     /// Kafka consumer group. Instances sharing it split the partitions.
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "projector")]
     pub group_id: String,
@@ -74,6 +90,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// [`Self::kafka_options`] as pairs; an entry without `=` is refused.
+    pub fn kafka_options(&self) -> Result<Vec<(&str, &str)>, String> {
+        self.kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| {
+                o.split_once('=')
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .ok_or_else(|| format!("kafka option {o:?} is not key=value"))
+            })
+            .collect()
+    }
+
     /// [`Self::redis_retry_secs`] as a duration.
     pub fn redis_retry(&self) -> Duration {
         Duration::from_secs(self.redis_retry_secs)

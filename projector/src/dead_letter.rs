@@ -30,13 +30,18 @@ impl std::fmt::Debug for DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
+    /// A producer to `topic`; `options` are extra librdkafka properties.
+    pub fn new(brokers: &str, topic: &str, options: &[(&str, &str)]) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+            .set("message.timeout.ms", "30000");
+        for (k, v) in options {
+            config.set(*k, *v);
+        }
+        let producer: FutureProducer = config.create()?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),

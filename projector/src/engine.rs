@@ -15,6 +15,11 @@
 //!   first. If the store cannot fill the gap, the record is not ours:
 //!   [`EngineError::Unrepairable`] names it so the caller can dead-letter it.
 //!
+//! Each projection then receives its list (repairs included, in order) in
+//! one [`Projection::apply_batch`] call; projections own disjoint tables, so
+//! applying one projection's list after another's is the same as
+//! interleaving them event by event.
+//!
 //! The advanced checkpoints and the highest global position applied per
 //! projection (`rm_positions`) are written before the caller commits, so
 //! read models and progress can never disagree.
@@ -49,13 +54,12 @@ pub enum EngineError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("projection {projection} failed on {aggregate_type}/{aggregate_id}#{sequence} ({event_type}): {source}")]
+    #[error("projection {projection} failed on a batch of {count} events from {first}: {source}")]
     Projection {
         projection: &'static str,
-        aggregate_type: String,
-        aggregate_id: String,
-        sequence: i64,
-        event_type: String,
+        /// The batch's first event, `type/id#seq (EventType)`.
+        first: String,
+        count: usize,
         #[source]
         source: ProjectionError,
     },
@@ -124,8 +128,10 @@ impl Engine {
             return Ok(out);
         }
         let mut current = lock_checkpoints(conn, projections, events).await?;
-        let mut max_position: Vec<Option<i64>> = vec![None; projections.len()];
         let mut dirty: BTreeSet<Key<'_>> = BTreeSet::new();
+        // Per projection, what to apply, in order: an index into `events`,
+        // or an event repaired from the store.
+        let mut plans: Vec<Vec<Planned>> = vec![Vec::new(); projections.len()];
         for (index, event) in events.iter().enumerate() {
             let (t, i) = event.stream();
             let seq = event.sequence();
@@ -136,7 +142,6 @@ impl Engine {
                     out.skipped += 1;
                     continue;
                 }
-                let fans = fanout == Some(p.name());
                 if seq > last + 1 {
                     let missing = store::stream_range(conn, t, i, last, seq).await?;
                     if missing.len() as i64 != seq - last - 1 {
@@ -160,60 +165,78 @@ impl Engine {
                                     sequence,
                                     poison,
                                 })?;
-                        apply_one(conn, p.as_ref(), &repaired).await?;
                         out.repaired += 1;
-                        out.applied += 1;
-                        raise(&mut max_position[pi], repaired.envelope.position);
-                        if fans {
-                            out.fanout.push(repaired);
-                        }
+                        plans[pi].push(Planned::Repaired(Box::new(repaired)));
                     }
                     tracing::info!(
                         projection = p.name(),
                         stream = %format!("{t}/{i}"),
                         from = last + 1,
                         to = seq - 1,
-                        "repaired a sequence gap from the event store"
+                        "repairing a sequence gap from the event store"
                     );
                 }
-                apply_one(conn, p.as_ref(), event).await?;
-                out.applied += 1;
-                raise(&mut max_position[pi], event.envelope.position);
-                if fans {
-                    out.fanout.push(event.clone());
-                }
+                plans[pi].push(Planned::Batch(index));
                 current.insert(key, seq);
                 dirty.insert(key);
             }
         }
-        save_checkpoints(conn, projections, &current, &dirty).await?;
-        save_positions(conn, projections, &max_position).await?;
+        let mut max_position: Vec<Option<i64>> = vec![None; projections.len()];
+        for (pi, p) in projections.iter().enumerate() {
+            let list: Vec<&ProjectedEvent> = plans[pi]
+                .iter()
+                .map(|planned| match planned {
+                    Planned::Batch(index) => &events[*index],
+                    Planned::Repaired(e) => e.as_ref(),
+                })
+                .collect();
+            if list.is_empty() {
+                continue;
+            }
+            p.apply_batch(conn, &list)
+                .await
+                .map_err(|source| EngineError::Projection {
+                    projection: p.name(),
+                    first: describe(list[0]),
+                    count: list.len(),
+                    source,
+                })?;
+            out.applied += list.len() as u64;
+            for e in &list {
+                raise(&mut max_position[pi], e.envelope.position);
+            }
+            if fanout == Some(p.name()) {
+                out.fanout = list.into_iter().cloned().collect();
+            }
+        }
+        save_progress(conn, projections, &current, &dirty, &max_position).await?;
         Ok(out)
     }
+}
+
+/// One event a projection is to apply.
+#[derive(Debug, Clone)]
+enum Planned {
+    /// The batch's event at this index.
+    Batch(usize),
+    /// An event read from the store to fill a gap.
+    Repaired(Box<ProjectedEvent>),
+}
+
+fn describe(e: &ProjectedEvent) -> String {
+    format!(
+        "{}/{}#{} ({})",
+        e.envelope.aggregate_type,
+        e.envelope.aggregate_id,
+        e.envelope.sequence,
+        e.envelope.event_type
+    )
 }
 
 fn raise(max: &mut Option<i64>, position: Option<i64>) {
     if let Some(p) = position {
         *max = Some(max.map_or(p, |m| m.max(p)));
     }
-}
-
-async fn apply_one(
-    conn: &mut PgConnection,
-    projection: &dyn Projection,
-    event: &ProjectedEvent,
-) -> Result<(), EngineError> {
-    projection
-        .apply(conn, event)
-        .await
-        .map_err(|source| EngineError::Projection {
-            projection: projection.name(),
-            aggregate_type: event.envelope.aggregate_type.clone(),
-            aggregate_id: event.envelope.aggregate_id.clone(),
-            sequence: event.sequence(),
-            event_type: event.envelope.event_type.clone(),
-            source,
-        })
 }
 
 /// Creates missing checkpoint rows at 0 and locks every row of the batch,
@@ -233,24 +256,16 @@ async fn lock_checkpoints<'a>(
     let names: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let types: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.2).collect();
-    sqlx::query(
-        "INSERT INTO rm_checkpoints (projection, aggregate_type, aggregate_id, last_sequence) \
+    // One statement creates missing rows at 0 and locks every row (an
+    // upsert locks the row it conflicts with), in sorted order, and
+    // returns the last applied sequences.
+    let rows = sqlx::query(
+        "INSERT INTO rm_checkpoints AS c (projection, aggregate_type, aggregate_id, last_sequence) \
          SELECT x.p, x.t, x.i, 0 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(p, t, i) \
          ORDER BY x.p, x.t, x.i \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&names)
-    .bind(&types)
-    .bind(&ids)
-    .execute(&mut *conn)
-    .await?;
-    let rows = sqlx::query(
-        "SELECT c.projection, c.aggregate_type, c.aggregate_id, c.last_sequence \
-         FROM rm_checkpoints c \
-         JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS x(p, t, i) \
-           ON c.projection = x.p AND c.aggregate_type = x.t AND c.aggregate_id = x.i \
-         ORDER BY c.projection, c.aggregate_type, c.aggregate_id \
-         FOR UPDATE OF c",
+         ON CONFLICT (projection, aggregate_type, aggregate_id) \
+           DO UPDATE SET last_sequence = c.last_sequence \
+         RETURNING c.projection, c.aggregate_type, c.aggregate_id, c.last_sequence",
     )
     .bind(&names)
     .bind(&types)
@@ -272,15 +287,15 @@ async fn lock_checkpoints<'a>(
     Ok(out)
 }
 
-async fn save_checkpoints(
+/// Advances the checkpoints of `dirty` streams and raises each
+/// projection's highest applied position, in one statement.
+async fn save_progress(
     conn: &mut PgConnection,
     projections: &[Arc<dyn Projection>],
     current: &HashMap<Key<'_>, i64>,
     dirty: &BTreeSet<Key<'_>>,
+    max_position: &[Option<i64>],
 ) -> Result<(), EngineError> {
-    if dirty.is_empty() {
-        return Ok(());
-    }
     let mut names = Vec::with_capacity(dirty.len());
     let mut types = Vec::with_capacity(dirty.len());
     let mut ids = Vec::with_capacity(dirty.len());
@@ -291,40 +306,30 @@ async fn save_checkpoints(
         ids.push(*i);
         seqs.push(current.get(key).copied().unwrap_or(0));
     }
+    let (position_names, positions): (Vec<&str>, Vec<i64>) = projections
+        .iter()
+        .zip(max_position)
+        .filter_map(|(p, m)| m.map(|m| (p.name(), m)))
+        .unzip();
+    if names.is_empty() && position_names.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "UPDATE rm_checkpoints c SET last_sequence = x.s \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(p, t, i, s) \
-         WHERE c.projection = x.p AND c.aggregate_type = x.t AND c.aggregate_id = x.i",
+        "WITH c AS ( \
+           UPDATE rm_checkpoints c SET last_sequence = x.s \
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(p, t, i, s) \
+           WHERE c.projection = x.p AND c.aggregate_type = x.t AND c.aggregate_id = x.i \
+         ) \
+         INSERT INTO rm_positions (projection, last_position) \
+         SELECT * FROM UNNEST($5::text[], $6::bigint[]) \
+         ON CONFLICT (projection) DO UPDATE \
+         SET last_position = GREATEST(rm_positions.last_position, EXCLUDED.last_position)",
     )
     .bind(&names)
     .bind(&types)
     .bind(&ids)
     .bind(&seqs)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn save_positions(
-    conn: &mut PgConnection,
-    projections: &[Arc<dyn Projection>],
-    max_position: &[Option<i64>],
-) -> Result<(), EngineError> {
-    let (names, positions): (Vec<&str>, Vec<i64>) = projections
-        .iter()
-        .zip(max_position)
-        .filter_map(|(p, m)| m.map(|m| (p.name(), m)))
-        .unzip();
-    if names.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO rm_positions (projection, last_position) \
-         SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-         ON CONFLICT (projection) DO UPDATE \
-         SET last_position = GREATEST(rm_positions.last_position, EXCLUDED.last_position)",
-    )
-    .bind(&names)
+    .bind(&position_names)
     .bind(&positions)
     .execute(&mut *conn)
     .await?;

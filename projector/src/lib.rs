@@ -110,20 +110,28 @@ impl Application {
         let redis = fanout::connect(&config.redis_url)
             .await
             .context("connecting to Redis")?;
-        let consumer: StreamConsumer = ClientConfig::new()
+        let options = config.kafka_options().map_err(anyhow::Error::msg)?;
+        let mut consumer_config = ClientConfig::new();
+        consumer_config
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string());
+        for (k, v) in &options {
+            consumer_config.set(*k, *v);
+        }
+        let consumer: StreamConsumer = consumer_config
             .create()
             .context("creating the Kafka consumer")?;
         consumer
             .subscribe(&[&config.events_topic])
             .context("subscribing to the events topic")?;
-        let dead_letter = DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic)
-            .context("creating the dead-letter producer")?;
+        let dead_letter =
+            DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
+                .context("creating the dead-letter producer")?;
         let stats = Arc::new(Stats::default());
         let live = Live {
             consumer,
@@ -153,6 +161,17 @@ impl Application {
     /// The read-model database.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Projects `events` now, exactly as the live loop projects a batch of
+    /// records (one transaction with dedupe and gap repair, then the Redis
+    /// fan-out), without Kafka: for tools and for measuring the live path
+    /// apart from the broker.
+    pub async fn project(
+        &self,
+        events: &[event::ProjectedEvent],
+    ) -> anyhow::Result<engine::Outcome> {
+        self.live.project(events).await
     }
 
     /// Consumes until `shutdown` resolves, then finishes the batch in

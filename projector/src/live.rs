@@ -257,6 +257,13 @@ impl Live {
         Step::Done(())
     }
 
+    /// One batch without Kafka: apply, commit, fan out.
+    pub(crate) async fn project(&self, events: &[ProjectedEvent]) -> anyhow::Result<Outcome> {
+        let (outcome, plan) = self.apply(events).await?;
+        self.fanout.execute(&plan).await?;
+        Ok(outcome)
+    }
+
     async fn apply(&self, events: &[ProjectedEvent]) -> Result<(Outcome, Plan), EngineError> {
         let mut tx = self.pool.begin().await?;
         let outcome = self

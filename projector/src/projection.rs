@@ -12,7 +12,8 @@
 //! - events of one stream in sequence order (events of different streams
 //!   may interleave differently live than in a rebuild, so a projection's
 //!   result must not depend on cross-stream order);
-//! - batching: many events share one transaction;
+//! - batching: many events share one transaction, and
+//!   [`Projection::apply_batch`] may apply them set-based;
 //! - rebuild: `projector rebuild --projection NAME` truncates
 //!   [`Projection::tables`] and that projection's checkpoints and replays
 //!   the event store in global order.
@@ -55,6 +56,21 @@ pub trait Projection: Send + Sync + std::fmt::Debug {
         conn: &mut PgConnection,
         event: &ProjectedEvent,
     ) -> Result<(), ProjectionError>;
+
+    /// Applies the events of one batch, in order (already deduplicated and
+    /// gap-repaired). The default calls [`Self::apply`] for each; override it
+    /// to apply a batch with a few set-based statements (see `core`), with
+    /// the same result as one by one.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&ProjectedEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            self.apply(conn, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Tables the engine itself keeps; no projection may claim them.

@@ -393,8 +393,9 @@ async fn replaying_the_same_events_twice_leaves_every_read_model_unchanged() -> 
 
     // 1. The whole topic again, through a second consumer group.
     let second = RunningProjector::start(&svc, ProjectorOptions::default()).await?;
+    // Every (event, projection) pair processed: applied or skipped.
     let seen = second
-        .wait_stats(WAIT, |s| s.records >= records as u64)
+        .wait_stats(WAIT, |s| s.applied + s.skipped >= 2 * records as u64)
         .await?;
     second.stop().await?;
     assert_eq!(seen.applied, 0, "nothing applied twice: {seen:?}");
@@ -1112,7 +1113,7 @@ async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Re
         .await?;
     assert_eq!(moved["event"]["conversation_id"], g.as_str());
     assert_eq!(moved["event"]["data"]["seq"], 3);
-    ensure!(proj.snapshot().published >= 22);
+    proj.wait_stats(WAIT, |s| s.published >= 22).await?;
     proj.stop().await?;
     sub.quit().await;
     let _ = redis.quit().await;
@@ -1219,9 +1220,22 @@ async fn generations_are_bumped_after_member_removed_and_conversation_renamed() 
 
 // ----- figures ---------------------------------------------------------------
 
-/// Throughput and latency figures for the closing note, over `PROJECTOR_BENCH_EVENTS`
-/// (default 100,000) mixed events. Not a gate: run it on purpose, in release:
+/// Throughput and latency figures for the closing note. Not a gate: run
+/// it on purpose, in release:
 /// `cargo test --release -p tests --test projector -- --ignored --nocapture`.
+///
+/// 1. `PROJECTOR_BENCH_EVENTS` (default 100,000) mixed events appended with
+///    the relay off (tansu 0.6's idempotent-produce path panics under this
+///    write load, see the report); then the live path without the broker:
+///    the events as 500-record batches of their Kafka JSON through
+///    `Application::project` (decode, transaction with dedupe, Redis
+///    fan-out) into emptied read models;
+/// 2. rebuild of every projection from the event store;
+/// 3. commit to pub/sub latency, p50/p99, over 500 sequential sends through
+///    the whole chain (relay, broker, projector, Redis).
+///
+/// The live path with the broker is measured by
+/// `rebuild_after_10000_mixed_events_matches_the_live_tables_row_for_row`.
 #[tokio::test]
 #[ignore = "benchmark: minutes of load; run explicitly in release"]
 #[allow(clippy::print_stderr)]
@@ -1231,42 +1245,72 @@ async fn figures_projector_throughput_and_latency() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let svc = CommandService::start(CommandServiceOptions::default()).await?;
+    let svc = CommandService::start(CommandServiceOptions {
+        relay: false,
+        ..Default::default()
+    })
+    .await?;
     let started = Instant::now();
     let events = workload(&svc, 32, 8, target).await?;
     let written = started.elapsed();
-    wait_relayed(&svc.pool, Duration::from_secs(1800)).await?;
-    let relayed = started.elapsed();
-    eprintln!("{events} events written in {written:?}, all on Kafka after {relayed:?}");
-
-    // Live: a fresh consumer group works through the whole topic.
-    let opts = ProjectorOptions {
-        group_id: Some(format!("bench-{}", uuid::Uuid::now_v7().simple())),
-        ..Default::default()
-    };
-    let live_start = Instant::now();
-    let live = RunningProjector::start(&svc, opts.clone()).await?;
-    wait_caught_up(&svc.pool, Duration::from_secs(1800)).await?;
-    let live_elapsed = live_start.elapsed();
-    let stats = live.snapshot();
-    let config = live.config.clone();
-    live.stop().await?;
+    // The relay would give positions; without it, give them here, in
+    // insertion order, as it does.
+    sqlx::query(
+        "WITH o AS (SELECT id, row_number() OVER (ORDER BY id) AS p FROM events) \
+         UPDATE events e SET position = o.p FROM o WHERE e.id = o.id",
+    )
+    .execute(&svc.pool)
+    .await?;
     eprintln!(
-        "live: {events} events in {live_elapsed:?} = {:.0} events/s ({stats:?})",
-        events as f64 / live_elapsed.as_secs_f64()
+        "{events} events appended in {written:?} ({:.0}/s)",
+        events as f64 / written.as_secs_f64()
     );
 
-    // Rebuild from the store.
-    let report = projector::rebuild(&config, None, false).await?;
+    // 1. The live path without the broker.
+    let opts = ProjectorOptions::default();
+    let config = support::config(&svc.database_url, &svc.topic, &opts)?;
+    let app = projector::Application::build(&config).await?;
+    let envelopes = {
+        let mut conn = svc.pool.acquire().await?;
+        projector::store::after_position(&mut conn, 0, i64::MAX).await?
+    };
+    let records: Vec<Vec<u8>> = envelopes
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
+    let decoder = Decoder::new();
+    let t = Instant::now();
+    for chunk in records.chunks(500) {
+        let batch = chunk
+            .iter()
+            .map(|r| decoder.decode_bytes(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        app.project(&batch).await?;
+    }
+    let path = t.elapsed();
+    drop(app);
+    assert_unread_consistent(&svc.pool).await?;
+    let live_tables = dump(&svc.pool).await?;
     eprintln!(
-        "rebuild: {} events in {:?} = {:.0} events/s",
+        "1. live path without the broker: {} events in {path:?} = {:.0} events/s",
+        records.len(),
+        records.len() as f64 / path.as_secs_f64()
+    );
+
+    // 2. Rebuild from the store.
+    let report = projector::rebuild(&config, None, false).await?;
+    compare_dumps(&live_tables, &dump(&svc.pool).await?)?;
+    eprintln!(
+        "2. rebuild: {} events in {:?} = {:.0} events/s",
         report.events,
         report.elapsed,
         report.rate()
     );
+    svc.stop().await?;
 
-    // Commit to pub/sub: sequential sends into one conversation.
-    let live = RunningProjector::start(&svc, opts).await?;
+    // 3. Commit to pub/sub, through the whole chain.
+    let svc = CommandService::start(CommandServiceOptions::default()).await?;
+    let live = RunningProjector::start(&svc, ProjectorOptions::default()).await?;
     let c = &svc.commands;
     let ann = register(c, "latency_ann").await?;
     let g = c
@@ -1276,20 +1320,76 @@ async fn figures_projector_throughput_and_latency() -> Result<()> {
     let mut sub = Subscriber::connect().await?;
     let channel = infra::keys::conv_channel(&live.config.redis_prefix, &g);
     sub.subscribe(&channel).await?;
-    let mut h = Histogram::<u64>::new(3)?;
+    // A plain consumer timestamps each record's arrival on Kafka, to split
+    // the total into relay + broker and projector + Redis.
+    let arrivals: Arc<std::sync::Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let watcher = {
+        use futures::StreamExt;
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::Message;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &stack().kafka_brokers)
+            .set(
+                "group.id",
+                format!("watch-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "2")
+            .create()?;
+        consumer.subscribe(&[&svc.topic])?;
+        let (arrivals, g) = (arrivals.clone(), g.clone());
+        tokio::spawn(async move {
+            let mut stream = consumer.stream();
+            while let Some(Ok(m)) = stream.next().await {
+                if m.key() == Some(g.as_bytes()) {
+                    if let Some(seq) = m
+                        .headers()
+                        .and_then(|h| {
+                            use rdkafka::message::Headers;
+                            h.iter().find(|h| h.key == "sequence").and_then(|h| h.value)
+                        })
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    {
+                        if let Ok(mut a) = arrivals.lock() {
+                            a.insert(seq, Instant::now());
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut total = Histogram::<u64>::new(3)?;
+    let mut to_kafka = Histogram::<u64>::new(3)?;
+    let mut to_redis = Histogram::<u64>::new(3)?;
     for i in 0..500 {
         let sent = send(c, ann, &g, &format!("l{i}"), "ping").await?;
         // The send returns right after its transaction commits.
         let committed = Instant::now();
         sub.next_matching(&channel, WAIT, |f| f["event"]["seq"] == sent.seq)
             .await?;
-        h.record(committed.elapsed().as_micros() as u64)?;
+        let received = Instant::now();
+        total.record((received - committed).as_micros() as u64)?;
+        let arrived = arrivals.lock().ok().and_then(|a| a.get(&sent.seq).copied());
+        if let Some(arrived) = arrived {
+            to_kafka.record(arrived.saturating_duration_since(committed).as_micros() as u64)?;
+            to_redis.record(received.saturating_duration_since(arrived).as_micros() as u64)?;
+        }
     }
+    watcher.abort();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     eprintln!(
-        "commit to pub/sub: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (500 sends)",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
+        "3. commit to pub/sub: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (500 sequential sends); \
+         of which commit to Kafka consumer p50 {:.1} / p99 {:.1} ms, \
+         Kafka arrival to pub/sub p50 {:.1} / p99 {:.1} ms ({} samples)",
+        ms(&total, 0.5),
+        ms(&total, 0.99),
+        total.max() as f64 / 1000.0,
+        ms(&to_kafka, 0.5),
+        ms(&to_kafka, 0.99),
+        ms(&to_redis, 0.5),
+        ms(&to_redis, 0.99),
+        to_kafka.len()
     );
     live.stop().await?;
     sub.quit().await;
