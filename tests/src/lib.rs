@@ -1,5 +1,6 @@
 //! End-to-end tests of Messenger against the real stack, and the pieces of the dev stack they need.
 
+pub mod gateway_support;
 pub mod harness;
 pub mod kafka;
 pub mod projector_support;

@@ -1,0 +1,9 @@
+//! API.md's notifications endpoints.
+
+use axum::Router;
+
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+}

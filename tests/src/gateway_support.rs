@@ -1,0 +1,342 @@
+//! Support for gateway tests: the whole platform in-process (command-service
+//! with its relay, projector, query-service, gateway) on a test's own
+//! database, topic, consumer group and Redis prefix, reached over real
+//! HTTPS and WSS that trust the test CA only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::harness::{pki, CommandService, CommandServiceOptions};
+use crate::projector_support::{ProjectorOptions, RunningProjector};
+use crate::query_support::{QueryService, QueryServiceOptions};
+
+/// Options of [`Platform::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct PlatformOptions {
+    /// Extra `--flag value` arguments for the gateway.
+    pub gateway_args: Vec<String>,
+    /// Extra arguments for command-service.
+    pub command_args: Vec<String>,
+}
+
+/// A gateway running in this process.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: gateway::state::AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway with `config`.
+    pub async fn start(config: gateway::config::Config) -> Result<Self> {
+        let app = gateway::Application::build(&config).await?;
+        let addr = app.local_addr();
+        let state = app.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Graceful stop.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The whole platform for one test.
+#[derive(Debug)]
+pub struct Platform {
+    pub commands: CommandService,
+    pub projector: RunningProjector,
+    pub queries: QueryService,
+    pub gateway: Gateway,
+    /// Redis prefix shared by projector, query-service and gateway.
+    pub prefix: String,
+    /// `https://localhost:PORT`
+    pub base: String,
+    /// An HTTPS client trusting the test CA only.
+    pub http: reqwest::Client,
+}
+
+/// The test CA as a reqwest certificate.
+fn ca_certificate() -> Result<reqwest::Certificate> {
+    let pem = std::fs::read(pki().join("ca.pem"))?;
+    Ok(reqwest::Certificate::from_pem(&pem)?)
+}
+
+/// An HTTPS client that trusts only the test CA.
+pub fn https_client() -> Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca_certificate()?)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// The gateway's config for a test.
+pub fn gateway_config(
+    commands: &CommandService,
+    queries: &QueryService,
+    prefix: &str,
+    extra: &[String],
+) -> Result<gateway::config::Config> {
+    let key = std::env::temp_dir().join(format!(
+        "messenger-test-token-{}.key",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let smtp =
+        std::env::var("MESSENGER_SMTP_URL").unwrap_or_else(|_| "smtp://127.0.0.1:52525".to_owned());
+    let mut args: Vec<String> = vec![
+        "gateway".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--pki-dir".into(),
+        pki().to_string_lossy().into_owned(),
+        "--command-service-url".into(),
+        format!("https://localhost:{}", commands.addr.port()),
+        "--query-service-url".into(),
+        format!("https://localhost:{}", queries.addr.port()),
+        "--redis-url".into(),
+        crate::query_support::redis_url().into(),
+        "--redis-prefix".into(),
+        prefix.into(),
+        "--token-key-file".into(),
+        key.to_string_lossy().into_owned(),
+        "--smtp-url".into(),
+        smtp,
+    ];
+    args.extend(extra.iter().cloned());
+    Ok(gateway::config::parse_from(args)?)
+}
+
+impl Platform {
+    /// Everything with default options.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(PlatformOptions::default()).await
+    }
+
+    /// Fresh database, topic and prefix; starts every service.
+    pub async fn start_with(opts: PlatformOptions) -> Result<Self> {
+        crate::projector_support::init_logging();
+        let commands = CommandService::start(CommandServiceOptions {
+            relay: true,
+            extra_args: opts.command_args.clone(),
+        })
+        .await?;
+        let prefix = crate::query_support::unique_prefix();
+        let projector = RunningProjector::start(
+            &commands,
+            ProjectorOptions {
+                redis_prefix: Some(prefix.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let queries = QueryService::start(
+            &commands.database_url,
+            QueryServiceOptions {
+                prefix: Some(prefix.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let config = gateway_config(&commands, &queries, &prefix, &opts.gateway_args)?;
+        let gateway = Gateway::start(config).await?;
+        let base = format!("https://localhost:{}", gateway.addr.port());
+        Ok(Self {
+            commands,
+            projector,
+            queries,
+            gateway,
+            prefix,
+            base,
+            http: https_client()?,
+        })
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `wss://localhost:PORT/v1/ws`
+    pub fn ws_url(&self) -> String {
+        format!("wss://localhost:{}/v1/ws", self.gateway.addr.port())
+    }
+
+    /// Stops everything gracefully, gateway first.
+    pub async fn stop(self) -> Result<()> {
+        self.gateway.stop().await?;
+        self.queries.stop().await?;
+        self.projector.stop().await?;
+        self.commands.stop().await
+    }
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub user_id: String,
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub session_id: String,
+}
+
+impl Platform {
+    /// Registers `username` (email `username@example.test`, password
+    /// `correct horse {username}`) and logs in, through the REST API.
+    pub async fn user(&self, username: &str) -> Result<TestUser> {
+        let email = format!("{username}@example.test");
+        let password = format!("correct horse {username}");
+        let r = self
+            .http
+            .post(self.url("/v1/auth/register"))
+            .json(&json!({"email": email, "username": username, "password": password}))
+            .send()
+            .await?;
+        if r.status().as_u16() != 201 {
+            bail!("register {username}: {} {}", r.status(), r.text().await?);
+        }
+        let r = self
+            .http
+            .post(self.url("/v1/auth/login"))
+            .json(&json!({"login": username, "password": password}))
+            .send()
+            .await?;
+        if r.status().as_u16() != 200 {
+            bail!("login {username}: {} {}", r.status(), r.text().await?);
+        }
+        let v: Value = r.json().await?;
+        let s = |k: &str| -> Result<String> {
+            v[k].as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("login response lacks {k}: {v}"))
+        };
+        Ok(TestUser {
+            user_id: s("user_id")?,
+            username: username.to_owned(),
+            email,
+            password,
+            access_token: s("access_token")?,
+            refresh_token: s("refresh_token")?,
+            session_id: s("session_id")?,
+        })
+    }
+}
+
+/// A WebSocket client over WSS trusting the test CA.
+#[derive(Debug)]
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Connects; with `token`, authenticates with the `Authorization` header.
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut request = url.into_client_request()?;
+        if let Some(t) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse()?);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(pki().join("ca.pem"))?;
+        for cert in rustls_pki_types_certs(&pem)? {
+            roots.add(cert)?;
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+        let (stream, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+                .await
+                .context("WebSocket handshake")?;
+        Ok(Self { stream })
+    }
+
+    /// Sends a JSON text frame.
+    pub async fn send(&mut self, frame: &Value) -> Result<()> {
+        self.stream.send(Message::text(frame.to_string())).await?;
+        Ok(())
+    }
+
+    /// The next JSON text frame (pings and pongs skipped), within `timeout`.
+    /// A close frame or end of stream is an error naming the close code.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, self.stream.next())
+                .await
+                .context("no frame before the deadline")?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(c))) => bail!("closed: {c:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("WebSocket error: {e}"),
+                None => bail!("stream ended"),
+            }
+        }
+    }
+
+    /// Frames until one satisfies `pred` (returned), within `timeout`.
+    pub async fn next_matching(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.next(left).await?;
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+fn rustls_pki_types_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?)
+}
