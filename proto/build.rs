@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/messenger/command/v1/command.proto",
                 "proto/messenger/query/v1/query.proto",
+                "proto/messenger/notifier/v1/notifier.proto",
             ],
             &["proto"],
         )?;

@@ -1,4 +1,352 @@
-//! Web push and email from the event stream (issue: Notifier). Not built yet.
+//! notifier: web push and email digests from the event stream, and the
+//! gRPC service behind API.md's push-subscription and notification-settings
+//! endpoints.
 //!
-//! This crate is an empty placeholder in the workspace layout of
-//! DESIGN.md; it exposes nothing and runs nothing until its issue is done.
+//! # What happens to a `MessageSent`
+//!
+//! 1. [`consumer`] reads it in the `notifier` consumer group, waits until
+//!    the projector has projected its conversation up to the message, and
+//!    computes the recipients: members *at the message's sequence*
+//!    (`rm_member_periods`) except the sender, minus those who muted the
+//!    conversation (`conversation_mutes`, until `muted_until`) or turned a
+//!    channel off (`notification_settings`). Push recipients with a live
+//!    WebSocket (presence key `infra::keys::presence` in Redis) are skipped
+//!    unless `NOTIFIER_PUSH_WHEN_ONLINE`.
+//! 2. In one transaction per batch it writes the dedupe records: a
+//!    `push_deliveries` row per (message, subscription) and a
+//!    `digest_items` row per (message, email recipient), both
+//!    `ON CONFLICT DO NOTHING`. Then it commits the Kafka offsets. A
+//!    redelivered record therefore queues nothing twice.
+//! 3. [`push`] claims due rows per push-service origin, encrypts
+//!    ([`webpush`]: RFC 8291 `aes128gcm`, RFC 8292 VAPID), posts with RFC
+//!    8030 `TTL`, `Urgency` and a per-conversation `Topic`, and records the
+//!    outcome (404/410 delete the subscription; 429/5xx retry with backoff
+//!    and jitter honouring `Retry-After`, then dead-letter).
+//! 4. [`digest`] mails, per user and window, every still-unread queued
+//!    message as one digest (lettre, plain text + HTML).
+//!
+//! Poison records go to the dead-letter topic ([`dead_letter`]); a
+//! `MessageSent` whose conversation the projector has not reached within
+//! `NOTIFIER_PROJECTION_WAIT_SECS` goes there too (`not_projected`).
+//!
+//! # Exactly once, and where it is at-least-once
+//!
+//! Kafka redelivery and restarts never duplicate: the rows of step 2 are
+//! the dedupe records, written before the offsets move and before any
+//! send. Each row is then claimed (`sending`, with a lease) before its
+//! request and closed after the answer. The one unavoidable window is a
+//! crash while a request is in flight: the push service may or may not have
+//! accepted it, and the row is sent again when its lease ends. The payload
+//! carries `message_id` (a service worker can drop a repeat) and the
+//! per-conversation `Topic` lets the push service replace it. ADR 0004.
+//!
+//! # Why read models for membership
+//!
+//! The projector already folds membership into `rm_member_periods`, exact
+//! per sequence; keeping a second copy here would be a second fold to keep
+//! right. The cost is a dependency on projector progress, handled by
+//! waiting on its checkpoint (`rm_checkpoints`, projection `core`).
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from flags and environment.
+//! - [`consumer`]: the Kafka loop and the recipient computation.
+//! - [`webpush`]: encryption, VAPID, origins.
+//! - [`push`]: the push worker (claims, per-origin concurrency, retries).
+//! - [`digest`]: the email digest worker.
+//! - [`prefs`]: subscriptions, settings and mutes in Postgres.
+//! - [`grpc`]: `NotifierService` over [`prefs`].
+//! - [`dead_letter`]: the dead-letter producer.
+//!
+//! Secrets: subscription keys live only in `push_subscriptions`; the VAPID
+//! private key only in memory ([`webpush::VapidKey`]'s `Debug` shows the
+//! public key). Neither is logged, traced or produced to Kafka.
+
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod digest;
+pub mod grpc;
+pub mod prefs;
+pub mod push;
+pub mod webpush;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use proto::notifier::v1::notifier_service_server::NotifierServiceServer;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::config::Config;
+use crate::consumer::{Live, Stats};
+use crate::dead_letter::DeadLetter;
+use crate::digest::DigestWorker;
+use crate::prefs::Prefs;
+use crate::push::{PushSettings, PushWorker};
+use crate::webpush::VapidKey;
+
+/// The migrations of the whole platform, including the notifier's tables.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects a pool to `url`.
+pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    PgPoolOptions::new()
+        .max_connections(size.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// Reads the VAPID key file (its content is never logged).
+pub fn load_vapid_key(path: &std::path::Path) -> anyhow::Result<VapidKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the VAPID key file {}", path.display()))?;
+    VapidKey::parse(&text).with_context(|| format!("parsing the VAPID key file {}", path.display()))
+}
+
+/// A built, not yet running, notifier.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: tonic::transport::ServerTlsConfig,
+    grpc: grpc::NotifierGrpc,
+    live: Live,
+    push: PushWorker,
+    digest: DigestWorker,
+    stats: Arc<Stats>,
+    pool: PgPool,
+}
+
+impl Application {
+    /// Connects PostgreSQL (migrating if configured), Redis, Kafka and the
+    /// SMTP transport (lazily), loads the VAPID key, binds the listener.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = connect(&config.database_url, config.db_pool).await?;
+        if config.migrate {
+            MIGRATOR.run(&pool).await.context("applying migrations")?;
+        }
+        let vapid = load_vapid_key(&config.vapid_private_key_file)?;
+        let redis = projector::fanout::connect(&config.redis_url)
+            .await
+            .context("connecting to Redis")?;
+        let options = config.kafka_options().map_err(anyhow::Error::msg)?;
+        let mut consumer_config = ClientConfig::new();
+        consumer_config
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string());
+        for (k, v) in &options {
+            consumer_config.set(*k, *v);
+        }
+        let consumer: StreamConsumer = consumer_config
+            .create()
+            .context("creating the Kafka consumer")?;
+        consumer
+            .subscribe(&[&config.events_topic])
+            .context("subscribing to the events topic")?;
+        let dead_letter =
+            DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
+                .context("creating the dead-letter producer")?;
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.push_timeout_ms))
+            .pool_max_idle_per_host(config.push_per_origin.max(1))
+            .user_agent("messenger-notifier");
+        if let Some(path) = &config.push_extra_ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the push CA file {}", path.display()))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).context("parsing the push CA file")?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().context("building the HTTP client")?;
+        let mailer = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
+            .context("parsing the SMTP URL")?
+            .timeout(Some(Duration::from_secs(30)))
+            .build();
+        let from = config
+            .mail_from
+            .parse()
+            .context("parsing NOTIFIER_MAIL_FROM")?;
+        let tls = infra::tls::server(&config.pki_dir, &config.tls_name)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(Stats::default());
+        let wake_push = Arc::new(Notify::new());
+        let wake_digest = Arc::new(Notify::new());
+        let live = Live {
+            consumer,
+            pool: pool.clone(),
+            redis,
+            prefix: config.redis_prefix.clone(),
+            decoder: projector::event::Decoder::new(),
+            dead_letter: dead_letter.clone(),
+            batch_size: config.batch_size.max(1),
+            projection_wait: Duration::from_secs(config.projection_wait_secs),
+            push_when_online: config.push_when_online,
+            default_delay: config.email_delay_secs,
+            wake_push: wake_push.clone(),
+            wake_digest: wake_digest.clone(),
+            stats: stats.clone(),
+        };
+        let push = PushWorker {
+            pool: pool.clone(),
+            http,
+            vapid: vapid.clone(),
+            settings: PushSettings {
+                ttl_secs: config.push_ttl_secs,
+                timeout: Duration::from_millis(config.push_timeout_ms),
+                per_origin: config.push_per_origin.max(1),
+                concurrency: config.push_concurrency.max(1),
+                max_attempts: config.push_max_attempts.max(1),
+                backoff: Duration::from_millis(config.push_backoff_ms),
+                backoff_max: Duration::from_millis(config.push_backoff_max_ms),
+                lease: Duration::from_secs(config.push_lease_secs.max(1)),
+                poll: config.poll(),
+                subject: config.vapid_subject.clone(),
+            },
+            dead_letter,
+            wake: wake_push,
+            stats: stats.clone(),
+        };
+        let digest = DigestWorker {
+            pool: pool.clone(),
+            mailer,
+            from,
+            default_delay: config.email_delay_secs,
+            poll: config.poll(),
+            wake: wake_digest,
+            stats: stats.clone(),
+        };
+        let grpc =
+            grpc::NotifierGrpc::new(Prefs::new(pool.clone(), config.email_delay_secs), vapid);
+        tracing::info!(
+            addr = %addr,
+            topic = %config.events_topic,
+            group = %config.group_id,
+            "notifier built"
+        );
+        Ok(Self {
+            listener,
+            addr,
+            tls,
+            grpc,
+            live,
+            push,
+            digest,
+            stats,
+            pool,
+        })
+    }
+
+    /// Where the gRPC server listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves gRPC, consumes and sends until `shutdown` resolves; then the
+    /// consumer finishes its batch and commits, requests in flight finish.
+    /// Dropping the returned future instead (a crash, as tests simulate)
+    /// aborts everything at once: every task lives in a `JoinSet` it owns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<NotifierServiceServer<grpc::NotifierGrpc>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        });
+        let mut server_stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .tls_config(self.tls)?
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(NotifierServiceServer::new(self.grpc))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            });
+        tracing::info!(addr = %self.addr, "notifier listening (mTLS)");
+        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        tasks.spawn(async move { server.await.context("gRPC server") });
+        let rx = stop_rx.clone();
+        let live = self.live;
+        tasks.spawn(async move {
+            live.run(rx).await;
+            Ok(())
+        });
+        let rx = stop_rx.clone();
+        let push = self.push;
+        tasks.spawn(async move {
+            push.run(rx).await;
+            Ok(())
+        });
+        let rx = stop_rx;
+        let digest = self.digest;
+        tasks.spawn(async move {
+            digest.run(rx).await;
+            Ok(())
+        });
+        let mut result = Ok(());
+        tokio::select! {
+            () = shutdown => {}
+            Some(r) = tasks.join_next() => {
+                result = r.map_err(anyhow::Error::from).and_then(|r| r);
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!("a notifier task ended on its own"));
+                }
+            }
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!(error = ?e, "notifier task failed");
+            }
+        }
+        self.pool.close().await;
+        result
+    }
+}

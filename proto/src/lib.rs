@@ -6,6 +6,8 @@
 //!   messages, read markers).
 //! - [`query::v1`]: `QueryService`, every read (conversations, history,
 //!   users, the audit log, the WebSocket replay).
+//! - [`notifier::v1`]: `NotifierService`, push subscriptions and
+//!   notification settings.
 //! - [`FILE_DESCRIPTOR_SET`]: for gRPC server reflection.
 
 #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
@@ -19,6 +21,12 @@ pub mod command {
 pub mod query {
     pub mod v1 {
         tonic::include_proto!("messenger.query.v1");
+    }
+}
+
+pub mod notifier {
+    pub mod v1 {
+        tonic::include_proto!("messenger.notifier.v1");
     }
 }
 

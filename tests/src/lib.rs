@@ -3,6 +3,7 @@
 pub mod gateway_support;
 pub mod harness;
 pub mod kafka;
+pub mod notifier_support;
 pub mod projector_support;
 pub mod query_support;
 pub mod smtp_sink;

@@ -1,0 +1,538 @@
+//! The consumer: Kafka records to queued notifications.
+//!
+//! One round takes what the consumer has ready (up to `batch_size`), then
+//! for each record in order:
+//!
+//! - poison (not decodable by the projector's [`Decoder`]) → dead-letter
+//!   topic, logged once with its reason;
+//! - `MessageSent` → wait until the projector has projected the
+//!   conversation up to the message (membership comes from
+//!   `rm_member_periods`, exact *as of the message's sequence* whatever the
+//!   projector did since), then queue one `push_deliveries` row per
+//!   subscription of every push recipient and one `digest_items` row per
+//!   email recipient, `ON CONFLICT DO NOTHING`: the dedupe records;
+//! - `ReadMarkerMoved` → drop the reader's digest items up to the marker;
+//! - anything else → nothing.
+//!
+//! The round's rows are committed in one transaction, the workers are
+//! woken, and only then are the Kafka offsets committed. A crash before the
+//! offset commit redelivers the round; its rows already exist, so nothing
+//! is queued twice.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::conversation::ConversationEvent;
+use domain::read_marker::ReadMarkerEvent;
+use fred::prelude::{Client as Redis, KeysInterface};
+use futures::{FutureExt, StreamExt};
+use projector::event::{Decoder, Event, ProjectedEvent};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use crate::dead_letter::DeadLetter;
+use crate::webpush;
+
+/// Most characters of a message body in a push payload (API.md: "the body
+/// may be truncated"); the whole JSON also stays below one record.
+const PUSH_BODY_CHARS: usize = 512;
+/// Most characters of a digest preview.
+const PREVIEW_CHARS: usize = 140;
+
+/// Counters, for tests, logs and the benchmark.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub records: AtomicU64,
+    pub messages: AtomicU64,
+    pub push_queued: AtomicU64,
+    pub digest_queued: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub pushes_sent: AtomicU64,
+    pub pushes_retried: AtomicU64,
+    pub pushes_gone: AtomicU64,
+    pub pushes_failed: AtomicU64,
+    pub digests_sent: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What the consumer needs besides Kafka.
+pub struct Live {
+    pub(crate) consumer: StreamConsumer,
+    pub(crate) pool: PgPool,
+    pub(crate) redis: Redis,
+    pub(crate) prefix: String,
+    pub(crate) decoder: Decoder,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) batch_size: usize,
+    pub(crate) projection_wait: Duration,
+    pub(crate) push_when_online: bool,
+    pub(crate) default_delay: u32,
+    pub(crate) wake_push: Arc<Notify>,
+    pub(crate) wake_digest: Arc<Notify>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("prefix", &self.prefix)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a record was not handled; transient ones are retried.
+#[derive(Debug, thiserror::Error)]
+enum HandleError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("conversation not projected up to the message within the wait")]
+    NotProjected,
+}
+
+/// Sleeps `d` unless shutdown comes first; `true` when shutting down.
+async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
+
+impl Live {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut stream = self.consumer.stream();
+        let mut last_commit: Option<TopicPartitionList> = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                m = stream.next() => m,
+            };
+            let mut batch = Vec::new();
+            match first {
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    if pause(&mut shutdown, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                None => break,
+            }
+            backoff = Duration::from_millis(50);
+            while batch.len() < self.batch_size.max(1) {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            if !self.process(&batch, &mut shutdown).await {
+                break;
+            }
+            let offsets = next_offsets(&batch);
+            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
+                tracing::warn!(error = %e, "committing offsets failed; the batch may be redelivered (deduplicated)");
+            }
+            last_commit = Some(offsets);
+        }
+        drop(stream);
+        if let Some(offsets) = last_commit {
+            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(error = %e, "final offset commit failed");
+            }
+        }
+        self.dead_letter.flush();
+    }
+
+    /// Handles a batch; `false` when interrupted by shutdown (nothing of
+    /// the batch is then committed to Kafka).
+    #[tracing::instrument(skip_all, fields(records = batch.len()))]
+    async fn process(&self, batch: &[OwnedMessage], shutdown: &mut watch::Receiver<bool>) -> bool {
+        Stats::add(&self.stats.records, batch.len() as u64);
+        let mut events = Vec::with_capacity(batch.len());
+        for record in batch {
+            let decoded = match record.payload() {
+                Some(v) => self.decoder.decode_bytes(v),
+                None => Err(projector::event::Poison::new(
+                    projector::event::PoisonReason::Undecodable,
+                    "record has no value",
+                )),
+            };
+            match decoded {
+                Ok(e) => events.push((record, e)),
+                Err(p) => {
+                    if !self
+                        .dead_letter_record(record, p.reason.as_str(), &p.detail, shutdown)
+                        .await
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.apply(&events, shutdown).await {
+                Ok(Some((push, digest))) => {
+                    if push > 0 {
+                        self.wake_push.notify_one();
+                    }
+                    if digest > 0 {
+                        self.wake_digest.notify_one();
+                    }
+                    return true;
+                }
+                Ok(None) => return false,
+                Err((index, HandleError::NotProjected)) => {
+                    let (record, _) = events.remove(index);
+                    if !self
+                        .dead_letter_record(
+                            record,
+                            "not_projected",
+                            "the conversation was not projected up to this message in time",
+                            shutdown,
+                        )
+                        .await
+                    {
+                        return false;
+                    }
+                }
+                Err((_, e)) => {
+                    tracing::warn!(error = %e, "queuing notifications failed; retrying the batch");
+                    if pause(shutdown, backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the batch. `Ok(None)` when shut down while
+    /// waiting; `Err((index, e))` names the event that failed.
+    async fn apply(
+        &self,
+        events: &[(&OwnedMessage, ProjectedEvent)],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<(u64, u64)>, (usize, HandleError)> {
+        let mut tx = self.pool.begin().await.map_err(|e| (0, e.into()))?;
+        let (mut push, mut digest) = (0, 0);
+        for (index, (_, event)) in events.iter().enumerate() {
+            match &event.event {
+                Event::Conversation(ConversationEvent::MessageSent {
+                    message_id,
+                    sender_id,
+                    body,
+                    sent_at,
+                    ..
+                }) => {
+                    let msg = Sent {
+                        conversation_id: event.stream_id,
+                        seq: event.sequence(),
+                        message_id: message_id.0,
+                        sender_id: sender_id.0,
+                        body: body.as_str(),
+                        sent_at: *sent_at,
+                    };
+                    match self.wait_projected(&msg, shutdown).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(None),
+                        Err(e) => return Err((index, e)),
+                    }
+                    let (p, d) = self.queue(&mut tx, &msg).await.map_err(|e| (index, e))?;
+                    Stats::add(&self.stats.messages, 1);
+                    push += p;
+                    digest += d;
+                }
+                Event::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
+                    conversation_id,
+                    user_id,
+                    seq,
+                }) => {
+                    sqlx::query(
+                        "DELETE FROM digest_items WHERE user_id = $1 AND conversation_id = $2 AND seq <= $3",
+                    )
+                    .bind(user_id.0)
+                    .bind(conversation_id.0)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| (index, e.into()))?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await.map_err(|e| (0, e.into()))?;
+        Stats::add(&self.stats.push_queued, push);
+        Stats::add(&self.stats.digest_queued, digest);
+        Ok(Some((push, digest)))
+    }
+
+    /// Waits until the projector's checkpoint of the conversation reaches
+    /// the message; `Ok(false)` on shutdown.
+    async fn wait_projected(
+        &self,
+        msg: &Sent<'_>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, HandleError> {
+        let deadline = Instant::now() + self.projection_wait;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT last_sequence FROM rm_checkpoints \
+                 WHERE projection = 'core' AND aggregate_type = 'conversation' AND aggregate_id = $1",
+            )
+            .bind(msg.conversation_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            if last.unwrap_or(0) >= msg.seq {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Err(HandleError::NotProjected);
+            }
+            if pause(shutdown, delay).await {
+                return Ok(false);
+            }
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Queues the notifications of one message; returns (push rows, digest rows).
+    async fn queue(
+        &self,
+        conn: &mut PgConnection,
+        msg: &Sent<'_>,
+    ) -> Result<(u64, u64), HandleError> {
+        let rows = sqlx::query(
+            "SELECT p.user_id, \
+                    COALESCE(s.push, true), COALESCE(s.email, true), \
+                    COALESCE(s.email_delay_seconds, $4) \
+             FROM rm_member_periods p \
+             LEFT JOIN notification_settings s ON s.user_id = p.user_id \
+             WHERE p.conversation_id = $1 AND p.joined_seq <= $2 \
+               AND (p.left_seq IS NULL OR p.left_seq > $2) AND p.user_id <> $3 \
+               AND NOT EXISTS (SELECT 1 FROM conversation_mutes m \
+                   WHERE m.user_id = p.user_id AND m.conversation_id = p.conversation_id \
+                     AND (m.muted_until IS NULL OR m.muted_until > now()))",
+        )
+        .bind(msg.conversation_id)
+        .bind(msg.seq)
+        .bind(msg.sender_id)
+        .bind(self.default_delay as i32)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut push_users = Vec::new();
+        let mut email_users = Vec::new();
+        let mut email_delays = Vec::new();
+        for r in rows {
+            let user: Uuid = r.try_get(0)?;
+            if r.try_get::<bool, _>(1)? {
+                push_users.push(user);
+            }
+            if r.try_get::<bool, _>(2)? {
+                email_users.push(user);
+                email_delays.push(f64::from(r.try_get::<i32, _>(3)?));
+            }
+        }
+        if !self.push_when_online && !push_users.is_empty() {
+            push_users = self.offline(push_users).await?;
+        }
+        let mut pushed = 0;
+        if !push_users.is_empty() {
+            let subs = sqlx::query(
+                "SELECT subscription_id, user_id, endpoint FROM push_subscriptions WHERE user_id = ANY($1)",
+            )
+            .bind(&push_users)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut ids = Vec::with_capacity(subs.len());
+            let mut users = Vec::with_capacity(subs.len());
+            let mut origins = Vec::with_capacity(subs.len());
+            for s in subs {
+                let endpoint: String = s.try_get(2)?;
+                let Some(origin) = webpush::origin(&endpoint) else {
+                    continue;
+                };
+                ids.push(s.try_get::<Uuid, _>(0)?);
+                users.push(s.try_get::<Uuid, _>(1)?);
+                origins.push(origin);
+            }
+            if !ids.is_empty() {
+                let payload = self.payload(conn, msg).await?;
+                pushed = sqlx::query(
+                    "INSERT INTO push_deliveries (message_id, subscription_id, user_id, conversation_id, origin, payload) \
+                     SELECT $1, x.s, x.u, $2, x.o, $3 FROM UNNEST($4::uuid[], $5::uuid[], $6::text[]) AS x(s, u, o) \
+                     ON CONFLICT (message_id, subscription_id) DO NOTHING",
+                )
+                .bind(msg.message_id)
+                .bind(msg.conversation_id)
+                .bind(&payload)
+                .bind(&ids)
+                .bind(&users)
+                .bind(&origins)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            }
+        }
+        let mut mailed = 0;
+        if !email_users.is_empty() {
+            let preview: String = msg.body.chars().take(PREVIEW_CHARS).collect();
+            mailed = sqlx::query(
+                "INSERT INTO digest_items (user_id, message_id, conversation_id, seq, sender_id, preview, sent_at, due_at) \
+                 SELECT x.u, $1, $2, $3, $4, $5, $6, $6 + make_interval(secs => x.d) \
+                 FROM UNNEST($7::uuid[], $8::float8[]) AS x(u, d) \
+                 WHERE NOT EXISTS (SELECT 1 FROM rm_read_markers r \
+                     WHERE r.user_id = x.u AND r.conversation_id = $2 AND r.seq >= $3) \
+                 ON CONFLICT (user_id, message_id) DO NOTHING",
+            )
+            .bind(msg.message_id)
+            .bind(msg.conversation_id)
+            .bind(msg.seq)
+            .bind(msg.sender_id)
+            .bind(&preview)
+            .bind(msg.sent_at)
+            .bind(&email_users)
+            .bind(&email_delays)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        }
+        Ok((pushed, mailed))
+    }
+
+    /// The users of `users` without a presence key (no live WebSocket).
+    async fn offline(&self, users: Vec<Uuid>) -> Result<Vec<Uuid>, HandleError> {
+        let pipeline = self.redis.pipeline();
+        for u in &users {
+            let () = pipeline
+                .exists(infra::keys::presence(&self.prefix, &u.to_string()))
+                .await?;
+        }
+        let present: Vec<i64> = pipeline.all().await?;
+        Ok(users
+            .into_iter()
+            .zip(present)
+            .filter(|(_, p)| *p == 0)
+            .map(|(u, _)| u)
+            .collect())
+    }
+
+    /// API.md's push payload: `{"type":"message","conversation_id",
+    /// "message_id","seq","sender_id","title","body"}`; the title is the
+    /// sender's display name, with the group's title for groups.
+    async fn payload(
+        &self,
+        conn: &mut PgConnection,
+        msg: &Sent<'_>,
+    ) -> Result<serde_json::Value, HandleError> {
+        let row = sqlx::query(
+            "SELECT (SELECT display_name FROM rm_users WHERE user_id = $1), \
+                    (SELECT title FROM rm_conversations WHERE conversation_id = $2 AND kind = 'group')",
+        )
+        .bind(msg.sender_id)
+        .bind(msg.conversation_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let sender: Option<String> = row.try_get(0)?;
+        let group: Option<String> = row.try_get(1)?;
+        let sender = sender.unwrap_or_else(|| "New message".to_owned());
+        let title = match group {
+            Some(g) => format!("{sender} in {g}"),
+            None => sender,
+        };
+        let mut body: String = msg.body.chars().take(PUSH_BODY_CHARS).collect();
+        if body.len() < msg.body.len() {
+            body.push('…');
+        }
+        Ok(json!({
+            "type": "message",
+            "conversation_id": msg.conversation_id,
+            "message_id": msg.message_id,
+            "seq": msg.seq,
+            "sender_id": msg.sender_id,
+            "title": title.chars().take(256).collect::<String>(),
+            "body": body,
+        }))
+    }
+
+    async fn dead_letter_record(
+        &self,
+        record: &OwnedMessage,
+        reason: &str,
+        detail: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.dead_letter.record(record, reason, detail).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "producing to the dead-letter topic failed; retrying");
+                    if pause(shutdown, backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::warn!(
+            reason,
+            detail,
+            topic = record.topic(),
+            partition = record.partition(),
+            offset = record.offset(),
+            "record dead-lettered"
+        );
+        Stats::add(&self.stats.dead_lettered, 1);
+        true
+    }
+}
+
+/// A `MessageSent`, flattened.
+struct Sent<'a> {
+    conversation_id: Uuid,
+    seq: i64,
+    message_id: Uuid,
+    sender_id: Uuid,
+    body: &'a str,
+    sent_at: DateTime<Utc>,
+}
+
+/// Per partition, the offset after the last record of the batch.
+fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = next.entry((m.topic(), m.partition())).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::with_capacity(next.len());
+    for ((topic, partition), offset) in next {
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    tpl
+}

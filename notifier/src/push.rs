@@ -1,0 +1,495 @@
+//! The push worker: sends queued `push_deliveries` to push services.
+//!
+//! Each round, per push-service origin with room (fewer than
+//! `push_per_origin` requests in flight, and room under
+//! `push_concurrency` overall), it claims due rows in one statement
+//! (`FOR UPDATE SKIP LOCKED`, state `sending`, `attempts + 1`, a lease) and
+//! sends each in its own task with a timeout. So a slow or dead push service
+//! holds at most `push_per_origin` requests and never delays the others.
+//!
+//! Outcomes (RFC 8030 / API.md):
+//!
+//! - 2xx: `sent` (the payload is cleared);
+//! - 404, 410: the subscription is deleted, its queued rows become `gone`;
+//! - 429, 5xx, timeouts, connection errors: back to `pending` after an
+//!   exponential backoff with jitter, at least the `Retry-After`, until
+//!   `push_max_attempts`; then `failed` and dead-lettered;
+//! - other 4xx (a request the service will never accept): `failed` and
+//!   dead-lettered at once.
+//!
+//! A row claimed by an instance that dies is claimed again when its lease
+//! ends: the HTTP hop is at-least-once, the only place a duplicate can come
+//! from (see the crate docs and ADR 0004).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::StatusCode;
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::consumer::Stats;
+use crate::dead_letter::DeadLetter;
+use crate::webpush::{self, UaKeys, VapidKey};
+
+/// Lifetime of a VAPID JWT (RFC 8292 allows up to 24 h).
+const JWT_LIFETIME_SECS: i64 = 12 * 3600;
+
+/// Settings of the worker.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    pub ttl_secs: u32,
+    pub timeout: Duration,
+    pub per_origin: usize,
+    pub concurrency: usize,
+    pub max_attempts: i32,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    pub lease: Duration,
+    pub poll: Duration,
+    pub subject: String,
+}
+
+/// The push worker.
+#[derive(Debug)]
+pub struct PushWorker {
+    pub(crate) pool: PgPool,
+    pub(crate) http: reqwest::Client,
+    pub(crate) vapid: VapidKey,
+    pub(crate) settings: PushSettings,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// One claimed delivery.
+#[derive(Debug)]
+struct Claimed {
+    message_id: Uuid,
+    subscription_id: Uuid,
+    user_id: Uuid,
+    conversation_id: Uuid,
+    origin: String,
+    payload: Option<serde_json::Value>,
+    attempts: i32,
+    /// (endpoint, p256dh, auth); `None` when the subscription is gone.
+    target: Option<(String, String, String)>,
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    Sent(u16),
+    Gone(u16),
+    Retry {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    Fail {
+        status: Option<u16>,
+        detail: String,
+    },
+}
+
+impl PushWorker {
+    /// Runs until shutdown; dropping the future aborts every request in
+    /// flight (their rows stay claimed until the lease ends).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        let mut total = 0usize;
+        let mut tasks = JoinSet::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        loop {
+            if total < this.settings.concurrency {
+                match this.claim_round(&in_flight, total).await {
+                    Ok(claimed) => {
+                        for c in claimed {
+                            *in_flight.entry(c.origin.clone()).or_insert(0) += 1;
+                            total += 1;
+                            let worker = this.clone();
+                            let done = done_tx.clone();
+                            tasks.spawn(async move {
+                                let origin = c.origin.clone();
+                                worker.deliver(c).await;
+                                let _ = done.send(origin);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming pushes failed; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                () = this.wake.notified() => {}
+                Some(origin) = done_rx.recv() => {
+                    release(&mut in_flight, &mut total, &origin);
+                    while let Ok(origin) = done_rx.try_recv() {
+                        release(&mut in_flight, &mut total, &origin);
+                    }
+                }
+                () = tokio::time::sleep(this.settings.poll) => {}
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        // Let the requests in flight finish (bounded by their timeout).
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Claims due rows for every origin with room.
+    async fn claim_round(
+        &self,
+        in_flight: &HashMap<String, usize>,
+        total: usize,
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
+        let origins: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT origin FROM push_deliveries \
+             WHERE state IN ('pending', 'sending') AND next_attempt_at <= now() \
+               AND (state = 'pending' OR lease_until < now())",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut room_total = self.settings.concurrency.saturating_sub(total);
+        let mut out = Vec::new();
+        for origin in origins {
+            let busy = in_flight.get(&origin).copied().unwrap_or(0);
+            let room = self
+                .settings
+                .per_origin
+                .saturating_sub(busy)
+                .min(room_total);
+            if room == 0 {
+                continue;
+            }
+            let claimed = self.claim(&origin, room).await?;
+            room_total -= claimed.len().min(room_total);
+            out.extend(claimed);
+        }
+        Ok(out)
+    }
+
+    async fn claim(&self, origin: &str, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+        let rows = sqlx::query(
+            "WITH c AS ( \
+               SELECT message_id, subscription_id FROM push_deliveries \
+               WHERE origin = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now() \
+                 AND (state = 'pending' OR lease_until < now()) \
+               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE push_deliveries d SET state = 'sending', attempts = d.attempts + 1, \
+               lease_until = now() + make_interval(secs => $3) \
+             FROM c LEFT JOIN push_subscriptions s ON s.subscription_id = c.subscription_id \
+             WHERE d.message_id = c.message_id AND d.subscription_id = c.subscription_id \
+             RETURNING d.message_id, d.subscription_id, d.user_id, d.conversation_id, d.origin, \
+               d.payload, d.attempts, s.endpoint, s.p256dh, s.auth",
+        )
+        .bind(origin)
+        .bind(limit as i64)
+        .bind(self.settings.lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let endpoint: Option<String> = r.try_get(7)?;
+                let p256dh: Option<String> = r.try_get(8)?;
+                let auth: Option<String> = r.try_get(9)?;
+                Ok(Claimed {
+                    message_id: r.try_get(0)?,
+                    subscription_id: r.try_get(1)?,
+                    user_id: r.try_get(2)?,
+                    conversation_id: r.try_get(3)?,
+                    origin: r.try_get(4)?,
+                    payload: r.try_get(5)?,
+                    attempts: r.try_get(6)?,
+                    target: match (endpoint, p256dh, auth) {
+                        (Some(e), Some(p), Some(a)) => Some((e, p, a)),
+                        _ => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// One attempt and its bookkeeping. Errors of the bookkeeping are logged;
+    /// the lease then brings the row back.
+    #[tracing::instrument(skip_all, fields(message_id = %c.message_id, subscription_id = %c.subscription_id, origin = %c.origin, attempt = c.attempts))]
+    async fn deliver(&self, c: Claimed) {
+        let outcome = match &c.target {
+            None => Outcome::Gone(0),
+            Some((endpoint, p256dh, auth)) => self.send(&c, endpoint, p256dh, auth).await,
+        };
+        if let Err(e) = self.record(&c, outcome).await {
+            tracing::error!(error = %e, "recording a push outcome failed; the lease will retry it");
+        }
+    }
+
+    async fn send(&self, c: &Claimed, endpoint: &str, p256dh: &str, auth: &str) -> Outcome {
+        let Some(payload) = &c.payload else {
+            return Outcome::Fail {
+                status: None,
+                detail: "no payload".into(),
+            };
+        };
+        let keys = match UaKeys::parse(p256dh, auth) {
+            Ok(k) => k,
+            Err(e) => {
+                return Outcome::Fail {
+                    status: None,
+                    detail: format!("subscription keys: {e}"),
+                }
+            }
+        };
+        let body = match webpush::encrypt(&keys, payload.to_string().as_bytes()) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Fail {
+                    status: None,
+                    detail: format!("encryption: {e}"),
+                }
+            }
+        };
+        let exp = Utc::now().timestamp() + JWT_LIFETIME_SECS;
+        let authorization = self
+            .vapid
+            .authorization(&c.origin, &self.settings.subject, exp);
+        let mut headers = HeaderMap::new();
+        headers.insert("TTL", HeaderValue::from(self.settings.ttl_secs));
+        headers.insert("Urgency", HeaderValue::from_static("normal"));
+        // One topic per conversation (32 hex characters, within RFC 8030's
+        // base64url alphabet and length): a burst collapses to the latest.
+        if let Ok(v) = HeaderValue::from_str(&c.conversation_id.simple().to_string()) {
+            headers.insert("Topic", v);
+        }
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        match HeaderValue::from_str(&authorization) {
+            Ok(v) => headers.insert(AUTHORIZATION, v),
+            Err(_) => {
+                return Outcome::Fail {
+                    status: None,
+                    detail: "authorization header".into(),
+                }
+            }
+        };
+        let response = self
+            .http
+            .post(endpoint)
+            .headers(headers)
+            .body(body)
+            .timeout(self.settings.timeout)
+            .send()
+            .await;
+        match response {
+            Err(e) => Outcome::Retry {
+                status: None,
+                retry_after: None,
+                detail: if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "connection error".into()
+                },
+            },
+            Ok(r) => {
+                let status = r.status();
+                let retry_after = retry_after(r.headers());
+                classify(status, retry_after)
+            }
+        }
+    }
+
+    async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<(), anyhow::Error> {
+        match outcome {
+            Outcome::Sent(status) => {
+                sqlx::query(
+                    "UPDATE push_deliveries SET state = 'sent', sent_at = now(), payload = NULL, \
+                       last_status = $3, lease_until = NULL \
+                     WHERE message_id = $1 AND subscription_id = $2",
+                )
+                .bind(c.message_id)
+                .bind(c.subscription_id)
+                .bind(i32::from(status))
+                .execute(&self.pool)
+                .await?;
+                Stats::add(&self.stats.pushes_sent, 1);
+            }
+            Outcome::Gone(status) => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM push_subscriptions WHERE subscription_id = $1")
+                    .bind(c.subscription_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE push_deliveries SET state = 'gone', payload = NULL, last_status = $2, lease_until = NULL \
+                     WHERE subscription_id = $1 AND state IN ('pending', 'sending')",
+                )
+                .bind(c.subscription_id)
+                .bind(i32::from(status))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::info!(status, "push subscription gone; deleted");
+                Stats::add(&self.stats.pushes_gone, 1);
+            }
+            Outcome::Retry {
+                status,
+                retry_after,
+                detail,
+            } if c.attempts < self.settings.max_attempts => {
+                let delay = self.backoff(c.attempts, retry_after);
+                sqlx::query(
+                    "UPDATE push_deliveries SET state = 'pending', lease_until = NULL, last_status = $3, \
+                       next_attempt_at = now() + make_interval(secs => $4) \
+                     WHERE message_id = $1 AND subscription_id = $2",
+                )
+                .bind(c.message_id)
+                .bind(c.subscription_id)
+                .bind(status.map(i32::from))
+                .bind(delay.as_secs_f64())
+                .execute(&self.pool)
+                .await?;
+                tracing::info!(?status, %detail, delay_ms = delay.as_millis() as u64, "push deferred; will retry");
+                Stats::add(&self.stats.pushes_retried, 1);
+            }
+            Outcome::Retry { status, detail, .. } | Outcome::Fail { status, detail } => {
+                let value = serde_json::json!({
+                    "message_id": c.message_id,
+                    "subscription_id": c.subscription_id,
+                    "user_id": c.user_id,
+                    "conversation_id": c.conversation_id,
+                    "origin": c.origin,
+                    "status": status,
+                    "attempts": c.attempts,
+                });
+                self.dead_letter
+                    .push_failure(&c.user_id.to_string(), &detail, &value)
+                    .await?;
+                sqlx::query(
+                    "UPDATE push_deliveries SET state = 'failed', payload = NULL, lease_until = NULL, last_status = $3 \
+                     WHERE message_id = $1 AND subscription_id = $2",
+                )
+                .bind(c.message_id)
+                .bind(c.subscription_id)
+                .bind(status.map(i32::from))
+                .execute(&self.pool)
+                .await?;
+                tracing::warn!(?status, %detail, "push failed for good; dead-lettered");
+                Stats::add(&self.stats.pushes_failed, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Exponential backoff with jitter (between half and all of
+    /// `backoff * 2^(attempt-1)`), at least `retry_after`, at most the cap.
+    fn backoff(&self, attempt: i32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .settings
+            .backoff
+            .saturating_mul(1u32 << attempt.clamp(1, 20).saturating_sub(1));
+        let cap = self.settings.backoff_max;
+        let exp = exp.min(cap);
+        let jittered = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
+        jittered.max(retry_after.unwrap_or_default()).min(cap)
+    }
+}
+
+fn release(in_flight: &mut HashMap<String, usize>, total: &mut usize, origin: &str) {
+    if let Some(n) = in_flight.get_mut(origin) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            in_flight.remove(origin);
+        }
+    }
+    *total = total.saturating_sub(1);
+}
+
+fn classify(status: StatusCode, retry_after: Option<Duration>) -> Outcome {
+    let code = status.as_u16();
+    if status.is_success() {
+        Outcome::Sent(code)
+    } else if code == 404 || code == 410 {
+        Outcome::Gone(code)
+    } else if code == 429 || status.is_server_error() {
+        Outcome::Retry {
+            status: Some(code),
+            retry_after,
+            detail: format!("push service answered {code}"),
+        }
+    } else {
+        Outcome::Fail {
+            status: Some(code),
+            detail: format!("push service refused the request with {code}"),
+        }
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(
+            classify(StatusCode::CREATED, None),
+            Outcome::Sent(201)
+        ));
+        assert!(matches!(
+            classify(StatusCode::GONE, None),
+            Outcome::Gone(410)
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, None),
+            Outcome::Gone(404)
+        ));
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS, None),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, None),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, None),
+            Outcome::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_parses_both_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None, "a past date means no wait");
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}
