@@ -3,6 +3,7 @@
 pub mod gateway_support;
 pub mod harness;
 pub mod kafka;
+pub mod load;
 pub mod notifier_support;
 pub mod projector_support;
 pub mod query_support;
