@@ -230,6 +230,7 @@ impl Application {
             dead_letter,
             wake: wake_push,
             stats: stats.clone(),
+            jwt_cache: std::sync::Mutex::default(),
         };
         let digest = DigestWorker {
             pool: pool.clone(),

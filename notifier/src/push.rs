@@ -66,6 +66,8 @@ pub struct PushWorker {
     pub(crate) dead_letter: DeadLetter,
     pub(crate) wake: Arc<Notify>,
     pub(crate) stats: Arc<Stats>,
+    /// Signed VAPID headers per origin, with their `exp`.
+    pub(crate) jwt_cache: std::sync::Mutex<HashMap<String, (String, i64)>>,
 }
 
 /// One claimed delivery.
@@ -254,10 +256,7 @@ impl PushWorker {
                 }
             }
         };
-        let exp = Utc::now().timestamp() + JWT_LIFETIME_SECS;
-        let authorization = self
-            .vapid
-            .authorization(&c.origin, &self.settings.subject, exp);
+        let authorization = self.authorization(&c.origin);
         let mut headers = HeaderMap::new();
         headers.insert("TTL", HeaderValue::from(self.settings.ttl_secs));
         headers.insert("Urgency", HeaderValue::from_static("normal"));
@@ -386,6 +385,27 @@ impl PushWorker {
             }
         }
         Ok(())
+    }
+
+    /// The VAPID header for `origin`, signed once per origin and reused
+    /// until it has less than half its lifetime left.
+    fn authorization(&self, origin: &str) -> String {
+        let now = Utc::now().timestamp();
+        let mut cache = self
+            .jwt_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((header, exp)) = cache.get(origin) {
+            if *exp - now > JWT_LIFETIME_SECS / 2 {
+                return header.clone();
+            }
+        }
+        let exp = now + JWT_LIFETIME_SECS;
+        let header = self
+            .vapid
+            .authorization(origin, &self.settings.subject, exp);
+        cache.insert(origin.to_owned(), (header.clone(), exp));
+        header
     }
 
     /// Exponential backoff with jitter (between half and all of

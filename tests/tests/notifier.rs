@@ -784,3 +784,93 @@ async fn killing_the_notifier_mid_burst_delivers_every_notification_once() -> Re
     );
     s.stop().await
 }
+
+/// Figures for the report (not a gate): a burst into a 100-member group
+/// where every member has two push subscriptions. Prints notifications/s,
+/// send-to-arrival p50/p99 and the test process's RSS (command-service,
+/// projector, notifier and push service all run in it, so it bounds the
+/// notifier's). Run:
+/// `cargo nextest run -p tests --test notifier --run-ignored only -E 'test(push_burst_figures)' --no-capture`
+#[tokio::test]
+#[ignore = "benchmark; run explicitly"]
+async fn push_burst_figures() -> Result<()> {
+    let messages: usize = std::env::var("BURST_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let s = Stack::start(&["--push-per-origin", "64", "--push-concurrency", "256"]).await?;
+    let c = &s.svc.commands;
+    let mut client = s.client().await?;
+    let (owner, _) = register(c, "own").await?;
+    for _ in 0..2 {
+        subscribe(&mut client, owner, &s.push.subscribe()?).await?;
+    }
+    let mut members = Vec::new();
+    for i in 0..99 {
+        let (u, _) = register(c, &format!("m{i}")).await?;
+        for _ in 0..2 {
+            subscribe(&mut client, u, &s.push.subscribe()?).await?;
+        }
+        members.push(u);
+    }
+    let conv = group(c, owner, "Everyone", &members).await?;
+    tests::projector_support::wait_caught_up(s.pool(), WAIT).await?;
+    let rss_before = rss_kib("VmRSS");
+    let expected = messages * 99 * 2;
+    let start = Instant::now();
+    let mut sent_at = HashMap::new();
+    for i in 0..messages {
+        let t = Instant::now();
+        let m = send(c, owner, &conv, &format!("burst message {i}")).await?;
+        sent_at.insert(m.message_id.to_string(), t);
+    }
+    let send_time = start.elapsed();
+    let got = s
+        .push
+        .wait_for(Duration::from_secs(600), "the whole burst", |r| {
+            r.iter().filter(|x| x.status == 201).count() >= expected
+        })
+        .await?;
+    let elapsed = start.elapsed();
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    for r in got.iter().filter(|r| r.status == 201) {
+        ensure!(r.problems.is_empty(), "{:?}", r.problems);
+        let m = r
+            .payload
+            .as_ref()
+            .and_then(|p| p["message_id"].as_str())
+            .context("payload")?;
+        let t0 = sent_at.get(m).context("unknown message")?;
+        hist.record(r.at.duration_since(*t0).as_micros() as u64)?;
+    }
+    let rss_peak = rss_kib("VmHWM");
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "push burst: {messages} messages x 198 subscriptions = {expected} pushes in {:.2} s (sends took {:.2} s) = {:.0} notifications/s; \
+             send-to-arrival p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; test-process RSS {} MiB before, peak {} MiB",
+            elapsed.as_secs_f64(),
+            send_time.as_secs_f64(),
+            expected as f64 / elapsed.as_secs_f64(),
+            hist.value_at_quantile(0.5) as f64 / 1000.0,
+            hist.value_at_quantile(0.99) as f64 / 1000.0,
+            hist.max() as f64 / 1000.0,
+            rss_before / 1024,
+            rss_peak / 1024,
+        );
+    }
+    s.stop().await
+}
+
+/// A field of /proc/self/status in KiB (0 where unavailable).
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
