@@ -13,6 +13,8 @@
 //!   services' gRPC statuses) to RFC 9457 problems.
 //! - [`auth`]: PASETO v4.public access tokens, sessions in Redis, the
 //!   [`auth::AuthUser`] extractor.
+//! - [`ratelimit`]: per-IP and per-account limits on the account
+//!   endpoints; [`mail`]: the password-reset mail (SMTP, lettre).
 //! - [`routes`]: the REST endpoints, one module per API.md section.
 //! - [`ws`]: `GET /v1/ws`: hello, resume, live fan-out from Redis pub/sub,
 //!   send/ack, typing, presence, heartbeats.

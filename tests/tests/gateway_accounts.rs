@@ -854,3 +854,86 @@ async fn users_by_id_and_username_prefix() -> Result<()> {
     .await?;
     p.stop().await
 }
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i.min(samples.len() - 1)]
+    };
+    (at(0.5), at(0.99), samples[samples.len() - 1])
+}
+
+/// Latency of 50 sequential logins and refreshes over HTTPS (test hashing:
+/// argon2id m=1 MiB, t=1), and of 50 argon2id verifications at
+/// command-service's production defaults (m=19 MiB, t=2, p=1), which a
+/// production login adds. A measurement, not a check: run with
+/// `cargo nextest run -p tests --test gateway_accounts --run-ignored only --no-capture`.
+#[tokio::test]
+#[ignore = "measurement; prints figures"]
+#[allow(
+    clippy::print_stderr,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+async fn login_latency() -> Result<()> {
+    let p = Platform::start_with(PlatformOptions {
+        gateway_args: vec![
+            "--rate-limit-per-ip".into(),
+            "1000".into(),
+            "--rate-limit-per-account".into(),
+            "1000".into(),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    let alice = p.user("alice").await?;
+    let mut logins = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        login_ok(&p, &alice.username, &alice.password).await?;
+        logins.push(t.elapsed());
+    }
+    let mut refreshes = Vec::new();
+    let mut token = alice.refresh_token.clone();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let (status, v) = read(
+            post(
+                &p,
+                "/v1/auth/refresh",
+                None,
+                json!({ "refresh_token": token }),
+            )
+            .await?,
+        )
+        .await?;
+        refreshes.push(t.elapsed());
+        ensure!(status == StatusCode::OK, "{v}");
+        token = s(&v, "refresh_token")?;
+    }
+    let hasher = command_service::credentials::Hasher::new(
+        command_service::credentials::HashParams::default(),
+    )?;
+    let hash = hasher.hash("correct horse battery".into()).await?;
+    let mut verifies = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        ensure!(
+            hasher
+                .verify("correct horse battery".into(), Some(hash.clone()))
+                .await?
+        );
+        verifies.push(t.elapsed());
+    }
+    for (name, samples) in [
+        ("login over HTTPS (test hashing)", logins),
+        ("refresh over HTTPS", refreshes),
+        ("argon2id verify, production params", verifies),
+    ] {
+        let (p50, p99, max) = percentiles(samples);
+        eprintln!("{name}: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} (n=50)");
+    }
+    p.stop().await
+}
