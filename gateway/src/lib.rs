@@ -194,12 +194,14 @@ impl Application {
                     .await
                     .context("loading the HTTPS certificate")?;
                 axum_server::from_tcp_rustls(self.listener, tls)
+                    .context("serving HTTPS on the listener")?
                     .handle(handle)
                     .serve(app)
                     .await?;
             }
             None => {
                 axum_server::from_tcp(self.listener)
+                    .context("serving HTTP on the listener")?
                     .handle(handle)
                     .serve(app)
                     .await?;
