@@ -937,3 +937,41 @@ async fn login_latency() -> Result<()> {
     }
     p.stop().await
 }
+
+/// A login whose password check started before a revoke-all (password
+/// change or reset) creates no session, so a login with the old password
+/// racing a reset cannot outlive it. Driven through the session store
+/// because the race is too narrow to hit over HTTP on purpose.
+#[tokio::test]
+async fn a_login_checked_before_a_revoke_all_gets_no_session() -> Result<()> {
+    use gateway::auth::sessions;
+    let p = Platform::start().await?;
+    let alice = p.user("alice").await?;
+    let (redis, prefix) = (&p.gateway.state.redis, p.prefix.as_str());
+    let user_id = Uuid::parse_str(&alice.user_id)?;
+    let ttl = Duration::from_secs(60);
+
+    let checked_at = sessions::now_ms();
+    let revoked = sessions::revoke_all(redis, prefix, user_id, None).await?;
+    assert_eq!(revoked, 1);
+    refused(&p, &alice.access_token, "session_revoked").await?;
+    let late = sessions::create(redis, prefix, user_id, "racer", ttl, checked_at).await?;
+    ensure!(
+        late.is_none(),
+        "a session was created for a stale password check"
+    );
+    let listed = sessions::list(redis, prefix, user_id).await?;
+    ensure!(listed.is_empty(), "{listed:?}");
+
+    // A check that starts afterwards is fine.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sessions::now_ms() <= checked_at + 1 {
+        ensure!(Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    let fresh = sessions::create(redis, prefix, user_id, "later", ttl, sessions::now_ms()).await?;
+    let (session_id, _) = fresh.context("no session for a fresh check")?;
+    let token = p.gateway.state.tokens.issue(user_id, session_id)?;
+    accepted(&p, &token).await?;
+    p.stop().await
+}

@@ -21,6 +21,11 @@
 //! - `{p}:user-sessions:{user_id}`: set of the user's session ids (members
 //!   whose hash has expired are dropped when the set is listed); expires
 //!   with the user's most recently renewed session.
+//! - `{p}:sessions-cut:{user_id}`: Unix time (ms, gateway clock) of the
+//!   user's last "revoke all (but one)" (password change or reset), kept an
+//!   hour. A login whose password check started before it creates no
+//!   session ([`create`] answers `None`): otherwise a login with the old
+//!   password racing a reset could outlive the reset.
 //! - channel `{p}:revoked:{user_id}`: see below.
 //!
 //! # Refresh tokens
@@ -143,7 +148,11 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// KEYS: session, user set, cut. ARGV: user, now, agent, hash, ttl, sid,
+/// when the password check started (ms).
 const CREATE: &str = r"
+local cut = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if cut >= tonumber(ARGV[7]) then return 0 end
 redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'created_at', ARGV[2], 'last_seen_at', ARGV[2],
   'user_agent', ARGV[3], 'refresh', ARGV[4], 'prev', '')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -152,22 +161,37 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 ";
 
-/// Creates a session for `user_id`; returns its id and refresh token.
+/// Key of the time of the user's last revoke-all.
+fn cut_key(prefix: &str, user_id: Uuid) -> String {
+    format!("{prefix}:sessions-cut:{user_id}")
+}
+
+/// Unix time in milliseconds (for [`create`]'s `checked_at`).
+pub fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default()
+}
+
+/// Creates a session for `user_id` whose password was checked from
+/// `checked_at` ([`now_ms`] before the check); returns its id and refresh
+/// token, or `None` when the user's sessions were all revoked since (the
+/// password changed meanwhile).
 pub async fn create(
     redis: &Pool,
     prefix: &str,
     user_id: Uuid,
     user_agent: &str,
     ttl: Duration,
-) -> Result<(Uuid, RefreshToken), fred::error::Error> {
+    checked_at: u64,
+) -> Result<Option<(Uuid, RefreshToken)>, fred::error::Error> {
     let session_id = Uuid::now_v7();
     let (token, hash) = RefreshToken::generate(session_id);
-    let _: i64 = redis
+    let created: i64 = redis
         .eval(
             CREATE,
             vec![
                 session_key(prefix, session_id),
                 user_sessions_key(prefix, user_id),
+                cut_key(prefix, user_id),
             ],
             vec![
                 user_id.to_string(),
@@ -176,10 +200,11 @@ pub async fn create(
                 hash,
                 ttl.as_secs().max(1).to_string(),
                 session_id.to_string(),
+                checked_at.to_string(),
             ],
         )
         .await?;
-    Ok((session_id, token))
+    Ok((created == 1).then_some((session_id, token)))
 }
 
 /// What [`rotate`] found.
@@ -367,9 +392,13 @@ pub async fn revoke(
     Ok(done == 1)
 }
 
-/// KEYS[1] user set; ARGV[1] session key prefix (`{p}:session:`), ARGV[2]
-/// the session to keep (or ''). Returns the revoked ids.
+/// KEYS[1] user set, KEYS[2] cut; ARGV[1] session key prefix
+/// (`{p}:session:`), ARGV[2] the session to keep (or ''), ARGV[3] now (ms).
+/// Returns the revoked ids.
 const REVOKE_ALL: &str = r"
+local cut = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if cut < tonumber(ARGV[3]) then cut = tonumber(ARGV[3]) end
+redis.call('SET', KEYS[2], string.format('%d', cut), 'EX', 3600)
 local revoked = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if id ~= ARGV[2] then
@@ -381,7 +410,9 @@ end
 return revoked
 ";
 
-/// Revokes every session of `user_id` but `except`; returns how many.
+/// Revokes every session of `user_id` but `except`, and refuses sessions
+/// for logins whose password check started before now; returns how many
+/// were revoked.
 pub async fn revoke_all(
     redis: &Pool,
     prefix: &str,
@@ -391,10 +422,11 @@ pub async fn revoke_all(
     let revoked: Vec<String> = redis
         .eval(
             REVOKE_ALL,
-            vec![user_sessions_key(prefix, user_id)],
+            vec![user_sessions_key(prefix, user_id), cut_key(prefix, user_id)],
             vec![
                 format!("{prefix}:session:"),
                 except.map(|s| s.to_string()).unwrap_or_default(),
+                now_ms().to_string(),
             ],
         )
         .await?;

@@ -337,6 +337,7 @@ pub async fn login(
     if body.login.trim().is_empty() || body.login.len() > 320 || too_long(&body.password) {
         return Err(invalid_credentials());
     }
+    let checked_at = sessions::now_ms();
     let reply = state
         .commands
         .clone()
@@ -358,15 +359,20 @@ pub async fn login(
         Err(s) => return Err(s.into()),
     };
     ratelimit::give_back(&state, hit).await;
-    let (session_id, refresh_token) = sessions::create(
+    let created = sessions::create(
         &state.redis,
         &state.config.redis_prefix,
         user_id,
         &user_agent(&headers),
         refresh_ttl(&state),
+        checked_at,
     )
     .await
     .map_err(|e| session_store(&e))?;
+    // The password changed while it was being checked.
+    let Some((session_id, refresh_token)) = created else {
+        return Err(invalid_credentials());
+    };
     tracing::info!(%user_id, %session_id, "logged in");
     tokens_for(&state, user_id, session_id, &refresh_token)
 }
