@@ -5,6 +5,7 @@ pub mod harness;
 pub mod kafka;
 pub mod load;
 pub mod notifier_support;
+pub mod plot;
 pub mod projector_support;
 pub mod query_support;
 pub mod smtp_sink;

@@ -57,6 +57,9 @@ struct Args {
     /// Write the full report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write latency.png and throughput.png into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
     /// Directory of ./dev's state (pid files).
     #[arg(long, default_value = ".dev")]
     dev_dir: PathBuf,
@@ -117,6 +120,10 @@ async fn main() -> Result<()> {
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
         eprintln!("report written to {}", path.display());
+    }
+    if let Some(dir) = args.plots {
+        tests::plot::write(&report, &dir)?;
+        eprintln!("plots written to {}", dir.display());
     }
     if report.missing > 0 || report.duplicated > 0 {
         eprintln!("LOST OR DUPLICATED DELIVERIES");
