@@ -59,6 +59,14 @@ pub struct LoadConfig {
     /// Reconnect and resume (with the last cursor) when a socket drops,
     /// instead of counting it as an error and stopping that user.
     pub reconnect: bool,
+    /// Created once every socket is ready and sending starts.
+    pub ready_file: Option<PathBuf>,
+    /// Sending stops when this file exists (or at `duration`, whichever
+    /// comes first).
+    pub until_file: Option<PathBuf>,
+    /// After draining, page through every conversation's history over REST
+    /// and count acknowledged messages that are not there.
+    pub verify_history: bool,
 }
 
 /// Latency summary, milliseconds.
@@ -145,6 +153,8 @@ pub struct Report {
     pub platform_cpu_us_per_delivery: f64,
     /// CPU of the load generator itself, seconds.
     pub loadgen_cpu_seconds: f64,
+    /// Acknowledged messages missing from history (`verify_history`).
+    pub missing_in_history: Option<u64>,
 }
 
 // ------------------------------------------------------------ accounting
@@ -155,6 +165,8 @@ struct Sent {
     conv: usize,
     sender: usize,
     acked: bool,
+    /// From the acknowledgement.
+    message_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -269,6 +281,7 @@ impl Shared {
                     let at = match b.sent.get_mut(id) {
                         Some(s) if !s.acked => {
                             s.acked = true;
+                            s.message_id = frame["message_id"].as_str().map(str::to_owned);
                             Some(s.at)
                         }
                         _ => None,
@@ -753,7 +766,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
         .filter(|u| !convs_of[*u].is_empty())
         .collect();
     let mut last_tick = 0;
-    while started.elapsed() < cfg.duration {
+    if let Some(f) = &cfg.ready_file {
+        std::fs::write(f, b"ready\n").with_context(|| format!("writing {}", f.display()))?;
+    }
+    while started.elapsed() < cfg.duration && !cfg.until_file.as_ref().is_some_and(|f| f.exists()) {
         let sender = senders[(next_rand() % senders.len() as u64) as usize];
         if cfg.rate > 0.0 {
             let due = started + Duration::from_secs_f64(n as f64 / cfg.rate);
@@ -788,6 +804,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
                     conv,
                     sender,
                     acked: false,
+                    message_id: None,
                 },
             );
             let start = shared.start;
@@ -850,6 +867,55 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
     for s in sockets {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
+    // ---- history: every acknowledged message must be there.
+    let missing_in_history = if cfg.verify_history {
+        let mut in_history: HashSet<String> = HashSet::new();
+        for (c, id) in conv_ids.iter().enumerate() {
+            let token = &users[members[c][0]].token;
+            let mut after = 0i64;
+            loop {
+                let url = format!(
+                    "{}/v1/conversations/{id}/messages?after_seq={after}&limit=200",
+                    cfg.base_url
+                );
+                let page: Value = http
+                    .get(&url)
+                    .bearer_auth(token)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+                for m in &msgs {
+                    if let Some(mid) = m["message_id"].as_str() {
+                        in_history.insert(mid.to_owned());
+                    }
+                    after = after.max(m["seq"].as_i64().unwrap_or(after));
+                }
+                if msgs.is_empty() || page["has_more"] != true {
+                    break;
+                }
+            }
+        }
+        let b = shared
+            .books
+            .lock()
+            .map_err(|_| anyhow::anyhow!("books poisoned"))?;
+        Some(
+            b.sent
+                .values()
+                .filter(|s| s.acked)
+                .filter(|s| {
+                    !s.message_id
+                        .as_ref()
+                        .is_some_and(|m| in_history.contains(m))
+                })
+                .count() as u64,
+        )
+    } else {
+        None
+    };
     // ---- report
     let b = shared
         .books
@@ -925,6 +991,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
             0.0
         },
         loadgen_cpu_seconds: self_after.saturating_sub(self_before) as f64 / clock_ticks(),
+        missing_in_history,
     })
 }
 
@@ -1002,6 +1069,9 @@ impl Report {
         );
         row("errors", format!("{:?}", self.errors));
         row("reconnects", self.reconnects.to_string());
+        if let Some(m) = self.missing_in_history {
+            row("acknowledged but missing from history", m.to_string());
+        }
         for p in &self.processes {
             row(
                 &format!("CPU s / peak RSS MiB: {}", p.name),

@@ -68,6 +68,15 @@ struct Args {
     reconnect: bool,
     #[arg(long, default_value_t = false)]
     quiet: bool,
+    /// Create this file once every socket is ready.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Stop sending when this file exists.
+    #[arg(long)]
+    until_file: Option<PathBuf>,
+    /// Check that every acknowledged message is in history (REST).
+    #[arg(long, default_value_t = false)]
+    verify_history: bool,
 }
 
 fn processes(dev: &std::path::Path) -> Vec<(String, u32)> {
@@ -114,6 +123,9 @@ async fn main() -> Result<()> {
         processes: processes(&args.dev_dir),
         progress: !args.quiet,
         reconnect: args.reconnect,
+        ready_file: args.ready_file,
+        until_file: args.until_file,
+        verify_history: args.verify_history,
     })
     .await?;
     println!("{}", report.markdown());
@@ -125,7 +137,7 @@ async fn main() -> Result<()> {
         tests::plot::write(&report, &dir)?;
         eprintln!("plots written to {}", dir.display());
     }
-    if report.missing > 0 || report.duplicated > 0 {
+    if report.missing > 0 || report.duplicated > 0 || report.missing_in_history.unwrap_or(0) > 0 {
         eprintln!("LOST OR DUPLICATED DELIVERIES");
         std::process::exit(1);
     }
