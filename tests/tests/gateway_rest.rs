@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tests::gateway_support::{Platform, PlatformOptions, TestUser};
+use tests::gateway_support::{gateway_config, Gateway, Platform, PlatformOptions, TestUser};
+use tests::notifier_support::{NotifierOptions, PushServer, RunningNotifier};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -965,4 +966,218 @@ async fn openapi_document_lists_every_endpoint_of_the_contract() -> Result<()> {
         "{send}"
     );
     p.stop().await
+}
+
+/// The platform with a notifier behind the gateway: a second gateway
+/// (pointing at the notifier) replaces the one `Platform::start` made.
+async fn platform_with_notifier() -> Result<(Platform, RunningNotifier)> {
+    let mut p = Platform::start().await?;
+    let notifier = RunningNotifier::start(
+        &p.commands,
+        &NotifierOptions {
+            redis_prefix: Some(p.prefix.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let config = gateway_config(
+        &p.commands,
+        &p.queries,
+        &p.prefix,
+        &[
+            "--notifier-url".into(),
+            format!("https://localhost:{}", notifier.addr.port()),
+        ],
+    )?;
+    let gateway = Gateway::start(config).await?;
+    p.base = format!("https://localhost:{}", gateway.addr.port());
+    std::mem::replace(&mut p.gateway, gateway).stop().await?;
+    Ok((p, notifier))
+}
+
+#[tokio::test]
+async fn notification_endpoints_reach_the_notifier() -> Result<()> {
+    use base64::Engine as _;
+    let (p, notifier) = platform_with_notifier().await?;
+    let push = PushServer::start().await?;
+    let alice = p.user("alice").await?;
+    let bob = p.user("bob").await?;
+    let dave = p.user("dave").await?;
+
+    call(&p, Method::GET, "/v1/push/vapid-public-key", None, None)
+        .await?
+        .problem(401, "unauthenticated", "vapid key without a token")?;
+    let key = get(&p, "/v1/push/vapid-public-key", &alice)
+        .await?
+        .expect(200, "vapid key")?;
+    let point = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s(&key["public_key"]))
+        .context("base64url")?;
+    ensure!(
+        point.len() == 65 && point[0] == 4,
+        "uncompressed P-256 point"
+    );
+
+    // Settings: defaults, then replaced, validated.
+    let defaults = get(&p, "/v1/me/notification-settings", &alice)
+        .await?
+        .expect(200, "settings")?;
+    ensure!(
+        defaults["push"] == true
+            && defaults["email"] == true
+            && defaults["email_delay_seconds"].is_u64(),
+        "{defaults}"
+    );
+    let mine = json!({"push": true, "email": false, "email_delay_seconds": 60});
+    put(&p, "/v1/me/notification-settings", &alice, mine.clone())
+        .await?
+        .expect(204, "put settings")?;
+    let got = get(&p, "/v1/me/notification-settings", &alice)
+        .await?
+        .expect(200, "settings")?;
+    ensure!(got == mine, "{got}");
+    put(
+        &p,
+        "/v1/me/notification-settings",
+        &alice,
+        json!({"push": true, "email": true, "email_delay_seconds": 10_000_000}),
+    )
+    .await?
+    .problem(422, "validation_failed", "delay out of range")?;
+    put(
+        &p,
+        "/v1/me/notification-settings",
+        &alice,
+        json!({"push": true}),
+    )
+    .await?
+    .problem(422, "validation_failed", "missing fields")?;
+
+    // Subscriptions: the browser's PushSubscription JSON.
+    let browser = push.subscribe()?;
+    let body = json!({
+        "endpoint": browser.endpoint,
+        "expirationTime": null,
+        "keys": {"p256dh": browser.p256dh, "auth": browser.auth},
+    });
+    let created = post(&p, "/v1/push/subscriptions", &alice, body.clone())
+        .await?
+        .expect(201, "subscribe")?;
+    let sub = s(&created["subscription_id"]);
+    let again = post(&p, "/v1/push/subscriptions", &alice, body)
+        .await?
+        .expect(200, "subscribe again")?;
+    ensure!(again["subscription_id"] == sub.as_str(), "{again}");
+    let list = get(&p, "/v1/push/subscriptions", &alice)
+        .await?
+        .expect(200, "list")?;
+    let only = &list["subscriptions"][0];
+    ensure!(
+        list["subscriptions"].as_array().map(Vec::len) == Some(1)
+            && only["subscription_id"] == sub.as_str()
+            && only["endpoint"] == browser.endpoint.as_str()
+            && is_rfc3339(&only["created_at"]),
+        "{list}"
+    );
+    ensure!(
+        !list.to_string().contains(&browser.auth),
+        "keys are write-only"
+    );
+    post(
+        &p,
+        "/v1/push/subscriptions",
+        &alice,
+        json!({"endpoint": "not a url", "keys": {"p256dh": browser.p256dh, "auth": browser.auth}}),
+    )
+    .await?
+    .problem(422, "validation_failed", "an endpoint that is not a URL")?;
+
+    // A message from bob reaches alice's browser.
+    let g = create_group(&p, &alice, "Pushy", &[&bob]).await?;
+    get_until(
+        &p,
+        &format!("/v1/conversations/{g}"),
+        &bob,
+        "the group",
+        |_| true,
+    )
+    .await?;
+    post(
+        &p,
+        &format!("/v1/conversations/{g}/messages"),
+        &bob,
+        json!({"client_msg_id": "p1", "body": "ping"}),
+    )
+    .await?
+    .expect(201, "send")?;
+    let got = push
+        .wait_for(DEADLINE * 2, "a push to alice", |r| {
+            r.iter().any(|x| {
+                x.token == browser.token
+                    && x.payload
+                        .as_ref()
+                        .is_some_and(|v| v["conversation_id"] == g.as_str())
+            })
+        })
+        .await?;
+    let delivered = got
+        .iter()
+        .find(|x| x.token == browser.token)
+        .context("the push")?;
+    ensure!(delivered.problems.is_empty(), "{:?}", delivered.problems);
+
+    // Mute: members only.
+    put(
+        &p,
+        &format!("/v1/conversations/{g}/notifications"),
+        &alice,
+        json!({"muted": true, "muted_until": "2999-01-01T00:00:00Z"}),
+    )
+    .await?
+    .expect(204, "mute")?;
+    put(
+        &p,
+        &format!("/v1/conversations/{g}/notifications"),
+        &alice,
+        json!({"muted": false}),
+    )
+    .await?
+    .expect(204, "unmute")?;
+    put(
+        &p,
+        &format!("/v1/conversations/{g}/notifications"),
+        &dave,
+        json!({"muted": true}),
+    )
+    .await?
+    .problem(404, "conversation_not_found", "mute by a non-member")?;
+    put(
+        &p,
+        &format!("/v1/conversations/{g}/notifications"),
+        &alice,
+        json!({"muted": "yes"}),
+    )
+    .await?
+    .problem(422, "validation_failed", "muted of the wrong type")?;
+
+    // Deleting: once, and only one's own.
+    delete(&p, &format!("/v1/push/subscriptions/{sub}"), &bob)
+        .await?
+        .problem(404, "subscription_not_found", "another user's subscription")?;
+    delete(&p, &format!("/v1/push/subscriptions/{sub}"), &alice)
+        .await?
+        .expect(204, "unsubscribe")?;
+    delete(&p, &format!("/v1/push/subscriptions/{sub}"), &alice)
+        .await?
+        .problem(404, "subscription_not_found", "unsubscribe twice")?;
+    delete(&p, "/v1/push/subscriptions/nope", &alice)
+        .await?
+        .problem(400, "malformed_request", "a malformed id")?;
+    let list = get(&p, "/v1/push/subscriptions", &alice)
+        .await?
+        .expect(200, "list")?;
+    ensure!(list["subscriptions"] == json!([]), "{list}");
+
+    p.stop().await?;
+    notifier.stop().await
 }
