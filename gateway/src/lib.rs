@@ -136,6 +136,10 @@ impl Application {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        let ws = ws::hub::Hub::start(config, metrics.clone())
+            .await
+            .context("starting the WebSocket hub")?;
         let state = AppState {
             config: Arc::new(config.clone()),
             commands,
@@ -145,7 +149,8 @@ impl Application {
             notifier,
             redis,
             tokens: Arc::new(tokens),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            ws,
             shutdown,
         };
         Ok(Self {
@@ -207,6 +212,7 @@ impl Application {
                     .await?;
             }
         }
+        self.state.ws.quit().await;
         self.state.redis.quit().await.ok();
         Ok(())
     }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// Prometheus registry and counters.
     pub metrics: Arc<Metrics>,
+    /// The WebSocket hub: one shared Redis subscriber, local fan-out.
+    pub ws: Arc<crate::ws::hub::Hub>,
     /// Flips to true when shutdown starts (WebSockets close with 1001).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

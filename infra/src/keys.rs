@@ -13,6 +13,9 @@
 //!   (ConversationCreated and MemberAdded naming them, MemberRemoved of them),
 //!   same payload, so a gateway can subscribe or unsubscribe the user's
 //!   sockets to the conversation channel before forwarding.
+//! - Gateways also relay ephemeral typing notices on the conversation
+//!   channel: `{"type":"typing","conversation_id","user_id"}` (never
+//!   stored). Subscribers that want events only skip `type != "event"`.
 //!
 //! # Cache coherence by generations
 //!
@@ -48,7 +51,12 @@ pub fn cached(prefix: &str, scope: &str, id: &str, what: &str, generation: i64) 
     format!("{prefix}:cache:{scope}:{id}:{what}:g{generation}")
 }
 
-/// Presence of a user (maintained by gateways; read by the notifier).
+/// Presence of a user (maintained by gateways; read by the notifier):
+/// exists ⇒ online. A set of the user's open WebSockets
+/// (`{gateway instance}:{socket id}`), added when a socket is ready and
+/// removed when it closes (an empty set disappears); its TTL
+/// (`GATEWAY_PRESENCE_TTL_SECS`) is refreshed every third of it while a
+/// socket is open, so a dead gateway's users go offline within one TTL.
 pub fn presence(prefix: &str, user_id: &str) -> String {
     format!("{prefix}:presence:{user_id}")
 }

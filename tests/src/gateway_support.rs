@@ -262,6 +262,58 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// A user created without the accounts endpoints: registered through
+    /// command-service (as the gateway would), with a session written to
+    /// Redis the way the gateway keeps them and an access token minted by
+    /// the gateway's key. For tests of other parts of the API.
+    pub async fn user_direct(&self, username: &str) -> Result<TestUser> {
+        use fred::prelude::HashesInterface;
+        let email = format!("{username}@example.test");
+        let password = format!("correct horse {username}");
+        let mut commands = self.gateway.state.commands.clone();
+        let user_id = commands
+            .register_user(proto::command::v1::RegisterUserRequest {
+                email: email.clone(),
+                username: username.to_owned(),
+                password: password.clone(),
+                display_name: None,
+            })
+            .await
+            .with_context(|| format!("registering {username}"))?
+            .into_inner()
+            .user_id;
+        let uid = uuid::Uuid::parse_str(&user_id)?;
+        let sid = uuid::Uuid::now_v7();
+        let now = chrono::Utc::now().to_rfc3339();
+        let key = gateway::auth::sessions::session_key(&self.prefix, sid);
+        let () = self
+            .gateway
+            .state
+            .redis
+            .hset(
+                key,
+                vec![
+                    ("user_id", user_id.clone()),
+                    ("created_at", now.clone()),
+                    ("last_seen_at", now),
+                    ("user_agent", "test".to_owned()),
+                ],
+            )
+            .await?;
+        let access_token = self.gateway.state.tokens.issue(uid, sid)?;
+        Ok(TestUser {
+            user_id,
+            username: username.to_owned(),
+            email,
+            password,
+            access_token,
+            refresh_token: String::new(),
+            session_id: sid.to_string(),
+        })
+    }
+}
+
 /// A WebSocket client over WSS trusting the test CA.
 #[derive(Debug)]
 pub struct WsClient {
@@ -333,6 +385,62 @@ impl WsClient {
                 return Ok(v);
             }
         }
+    }
+}
+
+impl WsClient {
+    /// Reads (skipping text frames) until the server closes; the close
+    /// code, or `None` when the stream ended without a close frame.
+    pub async fn closed(&mut self, timeout: Duration) -> Result<Option<u16>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, self.stream.next())
+                .await
+                .context("no close before the deadline")?;
+            match msg {
+                Some(Ok(Message::Close(c))) => return Ok(c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ok(None),
+            }
+        }
+    }
+
+    /// Connects (header authentication) over a TCP socket whose receive
+    /// buffer is limited to `recv_buffer` bytes, so a client that does not
+    /// read stalls the server quickly (slow-consumer tests).
+    pub async fn connect_small_buffer(url: &str, token: &str, recv_buffer: u32) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let port = request.uri().port_u16().context("the URL has a port")?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(recv_buffer)?;
+        let tcp = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await?;
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(pki().join("ca.pem"))?;
+        for cert in rustls_pki_types_certs(&pem)? {
+            roots.add(cert)?;
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+        let (stream, _) =
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector))
+                .await
+                .context("WebSocket handshake")?;
+        Ok(Self { stream })
+    }
+
+    /// Sends a raw text frame (malformed-input tests).
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.stream.send(Message::text(text.to_owned())).await?;
+        Ok(())
     }
 }
 

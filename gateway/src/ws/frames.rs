@@ -1,0 +1,215 @@
+//! The frames of API.md's WebSocket section.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// `hello`: the first frame.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// A decimal string (as sent in frames) or a number.
+    #[serde(default)]
+    pub cursor: Option<Value>,
+}
+
+impl Hello {
+    /// The resume position, if any.
+    pub fn position(&self) -> Result<Option<i64>, ApiError> {
+        let bad = || ApiError::invalid("cursor", "must be a non-negative integer position");
+        match &self.cursor {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|p| *p >= 0)
+                .map(Some)
+                .ok_or_else(bad),
+            Some(Value::Number(n)) => n.as_i64().filter(|p| *p >= 0).map(Some).ok_or_else(bad),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+/// `send`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Send {
+    pub conversation_id: String,
+    pub client_msg_id: String,
+    pub body: String,
+}
+
+/// `typing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Typing {
+    pub conversation_id: String,
+}
+
+/// A client frame.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Hello(Hello),
+    Send(Send),
+    Typing(Typing),
+    Ping,
+}
+
+/// A refused frame: the error frame to answer with. `client_msg_id` is
+/// echoed when the frame was a `send` that carried one.
+#[derive(Debug)]
+pub struct FrameError {
+    pub code: String,
+    pub detail: String,
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            detail: detail.into(),
+            client_msg_id: None,
+        }
+    }
+
+    fn from_api(e: &ApiError, client_msg_id: Option<String>) -> Self {
+        let p = e.problem();
+        Self {
+            code: p.code,
+            detail: p.detail.unwrap_or_else(|| p.title.clone()),
+            client_msg_id,
+        }
+    }
+
+    /// `{"type":"error","code","detail"[,"client_msg_id"]}`.
+    pub fn to_json(&self) -> String {
+        error_frame(&self.code, &self.detail, self.client_msg_id.as_deref())
+    }
+}
+
+/// The error frame of an [`ApiError`] (a gRPC status mapped through it).
+pub fn api_error_frame(e: &ApiError, client_msg_id: Option<String>) -> String {
+    FrameError::from_api(e, client_msg_id).to_json()
+}
+
+/// `{"type":"error",...}`.
+pub fn error_frame(code: &str, detail: &str, client_msg_id: Option<&str>) -> String {
+    let mut v = json!({"type": "error", "code": code, "detail": detail});
+    if let (Some(id), Some(obj)) = (client_msg_id, v.as_object_mut()) {
+        obj.insert("client_msg_id".into(), Value::String(id.to_owned()));
+    }
+    v.to_string()
+}
+
+/// Parses a text frame.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value = crate::extract::parse_json(text.as_bytes())
+        .map_err(|e| FrameError::new("malformed_frame", e.problem().detail.unwrap_or_default()))?;
+    let Some(obj) = value.as_object() else {
+        return Err(FrameError::new(
+            "malformed_frame",
+            "a frame is a JSON object",
+        ));
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        _ => {
+            return Err(FrameError::new(
+                "malformed_frame",
+                "a frame needs a string \"type\"",
+            ))
+        }
+    };
+    let client_msg_id = obj
+        .get("client_msg_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut fields = obj.clone();
+    fields.remove("type");
+    let fields = Value::Object(fields);
+    let typed = |e: serde_json::Error| {
+        let message = e.to_string();
+        let field = ["missing field `", "unknown field `", "invalid type"]
+            .iter()
+            .find_map(|m| message.split(m).nth(1))
+            .and_then(|r| r.split('`').next())
+            .filter(|f| !f.is_empty() && !f.contains(' '))
+            .unwrap_or("frame")
+            .to_owned();
+        ApiError::invalid(&field, message)
+    };
+    match kind.as_str() {
+        "hello" => serde_json::from_value(fields)
+            .map(ClientFrame::Hello)
+            .map_err(|e| FrameError::from_api(&typed(e), None)),
+        "send" => serde_json::from_value(fields)
+            .map(ClientFrame::Send)
+            .map_err(|e| FrameError::from_api(&typed(e), client_msg_id)),
+        "typing" => serde_json::from_value(fields)
+            .map(ClientFrame::Typing)
+            .map_err(|e| FrameError::from_api(&typed(e), None)),
+        "ping" => Ok(ClientFrame::Ping),
+        other => Err(FrameError::new(
+            "unknown_frame_type",
+            format!(
+                "unknown frame type {:?}; expected hello, send, typing or ping",
+                other.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// `{"type":"ready","user_id","cursor"}`.
+pub fn ready(user_id: &str, cursor: i64) -> String {
+    json!({"type": "ready", "user_id": user_id, "cursor": cursor.to_string()}).to_string()
+}
+
+/// `{"type":"ack","client_msg_id","message_id","seq"}`.
+pub fn ack(client_msg_id: &str, message_id: &str, seq: i64) -> String {
+    json!({"type": "ack", "client_msg_id": client_msg_id, "message_id": message_id, "seq": seq})
+        .to_string()
+}
+
+/// `{"type":"typing","conversation_id","user_id"}`.
+pub fn typing(conversation_id: &str, user_id: &str) -> String {
+    json!({"type": "typing", "conversation_id": conversation_id, "user_id": user_id}).to_string()
+}
+
+/// `{"type":"pong"}`.
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        match parse(r#"{"type":"hello","cursor":"12"}"#) {
+            Ok(ClientFrame::Hello(h)) => assert_eq!(h.position().ok(), Some(Some(12))),
+            other => panic!("{other:?}"),
+        }
+        let e = parse("{nope").err().map(|e| e.code);
+        assert_eq!(e.as_deref(), Some("malformed_frame"));
+        let e = parse(r#"{"type":"dance"}"#).err().map(|e| e.code);
+        assert_eq!(e.as_deref(), Some("unknown_frame_type"));
+        let e = parse(r#"{"type":"send","client_msg_id":"c1","conversation_id":"x"}"#).err();
+        let e = e.map(|e| (e.code, e.client_msg_id));
+        assert_eq!(
+            e,
+            Some(("validation_failed".to_owned(), Some("c1".to_owned())))
+        );
+        assert!(parse("[1]").is_err());
+        let bad_cursor = parse(r#"{"type":"hello","cursor":"-3"}"#);
+        match bad_cursor {
+            Ok(ClientFrame::Hello(h)) => assert!(h.position().is_err()),
+            other => panic!("{other:?}"),
+        }
+    }
+}

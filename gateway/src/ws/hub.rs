@@ -1,0 +1,538 @@
+//! The hub: one shared Redis subscriber connection per gateway process and
+//! a local registry `channel → listeners` (the open sockets that want it).
+//!
+//! A channel is `SUBSCRIBE`d when its first local listener arrives and
+//! `UNSUBSCRIBE`d when its last one leaves, so 10,000 sockets cost one Redis
+//! connection and one subscription per distinct channel, not one
+//! connection per socket.
+//!
+//! # Tasks
+//!
+//! - *dispatch* reads the subscriber's messages in arrival order (Redis
+//!   delivers one connection's messages in publish order), parses each
+//!   payload once into a [`Live`] shared by `Arc`, and `try_send`s it to
+//!   every listener's bounded queue. A full queue marks that socket a slow
+//!   consumer ([`Kill`]) instead of blocking or buffering without bound.
+//!   Revocations (`{p}:revoked:{user}`) are not queued: they kill the
+//!   matching sockets directly.
+//! - *subscriptions* turns registry changes into `SUBSCRIBE`/`UNSUBSCRIBE`
+//!   batches. It treats the registry as the truth (a channel with listeners
+//!   should be subscribed, one without should not), so bursts of joins and
+//!   leaves coalesce and commands never reorder. When a channel's
+//!   `SUBSCRIBE` is acknowledged, its readiness flag flips, which is what a
+//!   socket awaits before replaying ("subscribe first, then read").
+//! - fred's `manage_subscriptions` re-subscribes everything after a Redis
+//!   reconnect; frames published meanwhile are lost to pub/sub, and the
+//!   sockets repair such gaps from query-service when the next frame of the
+//!   conversation shows a jump in `seq`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ws::Utf8Bytes;
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Builder, ReconnectPolicy};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch, Notify};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Why the hub (or the socket itself) ends a connection: a WebSocket
+/// close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// A one-shot "close this socket" signal: the first reason wins.
+#[derive(Debug, Default)]
+pub struct Kill {
+    reason: OnceLock<CloseReason>,
+    notify: Notify,
+}
+
+impl Kill {
+    /// Asks the socket to close with `reason` (later calls are ignored).
+    pub fn fire(&self, reason: CloseReason) -> bool {
+        let first = self.reason.set(reason).is_ok();
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// Resolves once fired, with the reason.
+    pub async fn fired(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self.reason.get() {
+                return *r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Which kind of channel a frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `{p}:conv:{id}`: conversation events and typing frames.
+    Conv,
+    /// `{p}:user:{id}`: membership changes concerning the user, read markers.
+    User,
+}
+
+/// What the gateway needs to know of an event frame, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventInfo {
+    pub conversation_id: String,
+    pub seq: i64,
+    /// The global position (the frame's `cursor`).
+    pub position: i64,
+    pub event_type: String,
+    /// `data.user_id` (the member concerned by a membership event).
+    pub subject: Option<String>,
+}
+
+impl EventInfo {
+    /// Read markers are their own streams: their `seq` is not the
+    /// conversation's, so they are deduplicated apart and never
+    /// gap-checked.
+    pub fn is_marker(&self) -> bool {
+        self.event_type == "ReadMarkerMoved"
+    }
+}
+
+/// A parsed live frame.
+#[derive(Debug, Clone)]
+pub enum Info {
+    Event(EventInfo),
+    /// An ephemeral typing frame another gateway relayed.
+    Typing {
+        conversation_id: String,
+        user_id: String,
+    },
+}
+
+/// A frame from Redis, shared by every local listener of its channel.
+#[derive(Debug)]
+pub struct Live {
+    pub source: Source,
+    pub info: Info,
+    /// The payload, forwarded as is (cheap to clone: reference counted).
+    pub text: Utf8Bytes,
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    event: Option<RawEvent>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    conversation_id: String,
+    seq: i64,
+    event_type: String,
+    #[serde(default)]
+    data: Option<RawData>,
+}
+
+#[derive(Deserialize)]
+struct RawData {
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// Parses an event or typing frame; `None` for anything else.
+pub fn parse_frame(text: &str) -> Option<Info> {
+    let raw: RawFrame<'_> = serde_json::from_str(text).ok()?;
+    match raw.kind {
+        "event" => {
+            let e = raw.event?;
+            Some(Info::Event(EventInfo {
+                conversation_id: e.conversation_id,
+                seq: e.seq,
+                position: raw.cursor?.parse().ok()?,
+                event_type: e.event_type,
+                subject: e.data.and_then(|d| d.user_id),
+            }))
+        }
+        "typing" => Some(Info::Typing {
+            conversation_id: raw.conversation_id?,
+            user_id: raw.user_id?,
+        }),
+        _ => None,
+    }
+}
+
+/// One socket as the hub sees it.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub id: u64,
+    pub session_id: Uuid,
+    pub tx: mpsc::Sender<Arc<Live>>,
+    pub kill: Arc<Kill>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    listeners: HashMap<u64, Listener>,
+    /// True once Redis acknowledged the `SUBSCRIBE`.
+    ready: watch::Sender<bool>,
+}
+
+/// Close code and reason for a socket whose queue overflowed.
+pub const SLOW_CONSUMER: CloseReason = CloseReason {
+    code: 1008,
+    reason: "slow consumer",
+};
+/// Close code and reason for a revoked session.
+pub const REVOKED: CloseReason = CloseReason {
+    code: 4401,
+    reason: "session revoked",
+};
+
+/// The process-wide hub.
+pub struct Hub {
+    prefix: String,
+    subscriber: SubscriberClient,
+    registry: Mutex<HashMap<String, Entry>>,
+    /// Wakes the subscription task.
+    changed: mpsc::UnboundedSender<String>,
+    /// The highest global position seen (live or replayed): where a socket
+    /// without a cursor starts looking for the head of the log.
+    head: AtomicI64,
+    next_id: AtomicU64,
+    /// Identifies this process's sockets in presence sets.
+    pub instance: Uuid,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("prefix", &self.prefix)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Connects the subscriber and starts the dispatch and subscription
+    /// tasks.
+    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        let redis_config =
+            fred::prelude::Config::from_url(&config.redis_url).context("parsing the Redis URL")?;
+        let subscriber = Builder::from_config(redis_config)
+            .with_performance_config(|p| {
+                // The dispatch task drains it quickly; a burst beyond this
+                // is lost to the sockets (repaired by seq gap detection).
+                p.broadcast_channel_capacity = 1 << 16;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_subscriber_client()
+            .context("building the Redis subscriber")?;
+        subscriber
+            .init()
+            .await
+            .context("connecting the Redis subscriber")?;
+        let _resubscriber = subscriber.manage_subscriptions();
+        let (changed, changes) = mpsc::unbounded_channel();
+        let hub = Arc::new(Self {
+            prefix: config.redis_prefix.clone(),
+            subscriber,
+            registry: Mutex::new(HashMap::new()),
+            changed,
+            head: AtomicI64::new(0),
+            next_id: AtomicU64::new(1),
+            instance: Uuid::now_v7(),
+            metrics,
+        });
+        tokio::spawn(dispatch(Arc::downgrade(&hub), hub.subscriber.message_rx()));
+        tokio::spawn(subscriptions(Arc::downgrade(&hub), changes));
+        Ok(hub)
+    }
+
+    /// Unsubscribes and closes the subscriber connection.
+    pub async fn quit(&self) {
+        let _ = self.subscriber.unsubscribe_all().await;
+        let _ = self.subscriber.quit().await;
+    }
+
+    /// The Redis key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A fresh socket id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The highest position seen so far.
+    pub fn head(&self) -> i64 {
+        self.head.load(Ordering::Relaxed)
+    }
+
+    /// Raises the head hint.
+    pub fn saw(&self, position: i64) {
+        self.head.fetch_max(position, Ordering::Relaxed);
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain
+        // maps; the data is still usable.
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `listener` to `channel`; the receiver turns true once the
+    /// channel's Redis subscription is active.
+    pub fn listen(&self, channel: &str, listener: &Listener) -> watch::Receiver<bool> {
+        let mut registry = self.registry();
+        let entry = registry.entry(channel.to_owned()).or_insert_with(|| {
+            let _ = self.changed.send(channel.to_owned());
+            Entry {
+                listeners: HashMap::new(),
+                ready: watch::channel(false).0,
+            }
+        });
+        entry.listeners.insert(listener.id, listener.clone());
+        entry.ready.subscribe()
+    }
+
+    /// Removes socket `id` from `channel`.
+    pub fn unlisten(&self, channel: &str, id: u64) {
+        let mut registry = self.registry();
+        if let Some(entry) = registry.get_mut(channel) {
+            entry.listeners.remove(&id);
+            if entry.listeners.is_empty() {
+                registry.remove(channel);
+                let _ = self.changed.send(channel.to_owned());
+            }
+        }
+    }
+
+    /// Number of channels with local listeners (tests, metrics).
+    pub fn channel_count(&self) -> usize {
+        self.registry().len()
+    }
+
+    fn deliver(&self, channel: &str, payload: &str) {
+        let rest = channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(':'));
+        let Some(rest) = rest else { return };
+        let source = if rest.starts_with("conv:") {
+            Source::Conv
+        } else if rest.starts_with("user:") {
+            Source::User
+        } else if rest.starts_with("revoked:") {
+            self.revoke(channel, payload.trim());
+            return;
+        } else {
+            return;
+        };
+        let Some(info) = parse_frame(payload) else {
+            tracing::warn!(channel, "ignoring an unparsable live frame");
+            return;
+        };
+        if let Info::Event(e) = &info {
+            self.saw(e.position);
+        }
+        let live = Arc::new(Live {
+            source,
+            info,
+            text: Utf8Bytes::from(payload.to_owned()),
+        });
+        let registry = self.registry();
+        let Some(entry) = registry.get(channel) else {
+            return;
+        };
+        for l in entry.listeners.values() {
+            match l.tx.try_send(live.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if l.kill.fire(SLOW_CONSUMER) {
+                        self.metrics.ws_slow_consumers.inc();
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Closes the sockets of session `payload` (`*`: every session) among
+    /// the listeners of a `{p}:revoked:{user}` channel.
+    fn revoke(&self, channel: &str, payload: &str) {
+        let all = payload == "*";
+        let session = Uuid::parse_str(payload).ok();
+        let registry = self.registry();
+        if let Some(entry) = registry.get(channel) {
+            for l in entry.listeners.values() {
+                if all || session == Some(l.session_id) {
+                    l.kill.fire(REVOKED);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the subscriber's messages until the hub is gone.
+async fn dispatch(
+    hub: std::sync::Weak<Hub>,
+    mut rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                let Some(hub) = hub.upgrade() else { return };
+                match message.value.as_str() {
+                    Some(payload) => hub.deliver(&message.channel, &payload),
+                    None => tracing::warn!(channel = %message.channel, "non-text live frame"),
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    lost = n,
+                    "the live dispatch lagged; sockets repair gaps by seq"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Keeps Redis subscriptions equal to the registry's channels.
+async fn subscriptions(hub: std::sync::Weak<Hub>, mut changes: mpsc::UnboundedReceiver<String>) {
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut pending: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if pending.is_empty() {
+            match changes.recv().await {
+                Some(c) => {
+                    pending.insert(c);
+                }
+                None => return,
+            }
+        }
+        while pending.len() < 10_000 {
+            match changes.try_recv() {
+                Ok(c) => {
+                    pending.insert(c);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        // Decide from the registry, under its lock, what each touched
+        // channel should be.
+        let (mut subscribe, mut unsubscribe, mut ready) = (Vec::new(), Vec::new(), Vec::new());
+        {
+            let registry = hub.registry();
+            for c in pending.drain() {
+                match (registry.get(&c), subscribed.contains(&c)) {
+                    (Some(_), false) => subscribe.push(c),
+                    (Some(_), true) => ready.push(c),
+                    (None, true) => unsubscribe.push(c),
+                    (None, false) => {}
+                }
+            }
+        }
+        let mut failed = false;
+        if !subscribe.is_empty() {
+            match hub.subscriber.subscribe(subscribe.clone()).await {
+                Ok(()) => {
+                    subscribed.extend(subscribe.iter().cloned());
+                    ready.append(&mut subscribe);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "SUBSCRIBE failed; retrying");
+                    pending.extend(subscribe);
+                    failed = true;
+                }
+            }
+        }
+        if !unsubscribe.is_empty() {
+            match hub.subscriber.unsubscribe(unsubscribe.clone()).await {
+                Ok(()) => {
+                    for c in &unsubscribe {
+                        subscribed.remove(c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "UNSUBSCRIBE failed; retrying");
+                    pending.extend(unsubscribe);
+                    failed = true;
+                }
+            }
+        }
+        {
+            let registry = hub.registry();
+            for c in ready {
+                if let Some(entry) = registry.get(&c) {
+                    entry.ready.send_replace(true);
+                }
+            }
+        }
+        drop(hub);
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_event_and_typing_frames() {
+        let e = r#"{"type":"event","cursor":"42","event":{"event_id":"x","event_type":"MessageSent","event_version":1,"conversation_id":"c","seq":5,"occurred_at":"t","actor":"a","data":{}}}"#;
+        match parse_frame(e) {
+            Some(Info::Event(info)) => {
+                assert_eq!(info.position, 42);
+                assert_eq!(info.seq, 5);
+                assert_eq!(info.conversation_id, "c");
+                assert!(!info.is_marker());
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = r#"{"type":"typing","conversation_id":"c","user_id":"u"}"#;
+        assert!(matches!(parse_frame(t), Some(Info::Typing { .. })));
+        assert!(parse_frame("nope").is_none());
+        assert!(parse_frame(r#"{"type":"event","cursor":"x","event":{}}"#).is_none());
+    }
+
+    #[tokio::test]
+    async fn kill_keeps_the_first_reason() {
+        let k = Kill::default();
+        assert!(k.fire(SLOW_CONSUMER));
+        assert!(!k.fire(REVOKED));
+        assert_eq!(k.fired().await, SLOW_CONSUMER);
+    }
+}
