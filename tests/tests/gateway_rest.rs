@@ -1181,3 +1181,82 @@ async fn notification_endpoints_reach_the_notifier() -> Result<()> {
     p.stop().await?;
     notifier.stop().await
 }
+
+/// Latency of the two hottest reads through the gateway over HTTPS (one
+/// keep-alive connection, sequential requests, after a warm-up), with 20
+/// conversations and 200 messages in the measured one. Prints p50/p90/p99.
+/// Run: `cargo nextest run -p tests --test gateway_rest --run-ignored only read_latency --no-capture`
+/// (`--release` for figures that mean something; `READ_LATENCY_N` requests
+/// per endpoint, default 1000).
+#[tokio::test]
+#[ignore = "a measurement, not a test"]
+#[allow(clippy::print_stdout)]
+async fn read_latency() -> Result<()> {
+    let n: usize = std::env::var("READ_LATENCY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let p = Platform::start().await?;
+    let alice = p.user("alice").await?;
+    let bob = p.user("bob").await?;
+    let mut last = String::new();
+    for i in 0..20 {
+        last = create_group(&p, &alice, &format!("g{i}"), &[&bob]).await?;
+    }
+    let msgs = format!("/v1/conversations/{last}/messages");
+    for i in 0..200 {
+        post(
+            &p,
+            &msgs,
+            &bob,
+            json!({"client_msg_id": format!("m{i}"), "body": format!("message {i}")}),
+        )
+        .await?
+        .expect(201, "send")?;
+    }
+    get_until(
+        &p,
+        &format!("{msgs}?after_seq=0&limit=200"),
+        &alice,
+        "200 messages",
+        |v| v["messages"].as_array().map(Vec::len) == Some(200),
+    )
+    .await?;
+    get_until(
+        &p,
+        "/v1/conversations?limit=50",
+        &alice,
+        "20 conversations",
+        |v| v["conversations"].as_array().map(Vec::len) == Some(20),
+    )
+    .await?;
+    for (label, path) in [
+        ("GET /v1/conversations", "/v1/conversations".to_owned()),
+        ("GET /v1/conversations/{id}/messages", msgs.clone()),
+    ] {
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+        for i in 0..(n + 50) {
+            let start = Instant::now();
+            let r = p
+                .http
+                .get(p.url(&path))
+                .bearer_auth(&alice.access_token)
+                .send()
+                .await?;
+            ensure!(r.status() == StatusCode::OK, "{label}: {}", r.status());
+            let _ = r.bytes().await?;
+            if i >= 50 {
+                hist.record(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+            }
+        }
+        println!(
+            "{label}: n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms",
+            hist.len(),
+            hist.value_at_quantile(0.5) as f64 / 1000.0,
+            hist.value_at_quantile(0.9) as f64 / 1000.0,
+            hist.value_at_quantile(0.99) as f64 / 1000.0,
+            hist.max() as f64 / 1000.0,
+        );
+    }
+    p.stop().await
+}
