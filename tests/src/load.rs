@@ -67,6 +67,9 @@ pub struct LoadConfig {
     /// After draining, page through every conversation's history over REST
     /// and count acknowledged messages that are not there.
     pub verify_history: bool,
+    /// Send with `POST /v1/conversations/{id}/messages` instead of the
+    /// WebSocket `send` frame (deliveries still arrive over WSS).
+    pub send_via_rest: bool,
 }
 
 /// Latency summary, milliseconds.
@@ -810,7 +813,35 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
             let start = shared.start;
             b.sec(start).0 += 1;
         }
-        if outboxes[sender].try_send(frame).is_err() {
+        if cfg.send_via_rest {
+            let (http, shared, acks) = (http.clone(), shared.clone(), acks.clone());
+            let url = format!(
+                "{}/v1/conversations/{}/messages",
+                cfg.base_url, conv_ids[conv]
+            );
+            let token = users[sender].token.clone();
+            let id = format!("{run}-{n}");
+            tokio::spawn(async move {
+                let body = json!({"client_msg_id": id, "body": format!("load message {id}")});
+                let frame = match http.post(&url).bearer_auth(&token).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                        Ok(v) => {
+                            json!({"type": "ack", "client_msg_id": id, "message_id": v["message_id"]})
+                        }
+                        Err(_) => {
+                            json!({"type": "error", "client_msg_id": id, "code": "bad_response"})
+                        }
+                    },
+                    Ok(r) => {
+                        json!({"type": "error", "client_msg_id": id, "code": format!("http_{}", r.status().as_u16())})
+                    }
+                    Err(_) => {
+                        json!({"type": "error", "client_msg_id": id, "code": "http_transport"})
+                    }
+                };
+                shared.on_frame(sender, &frame, &acks);
+            });
+        } else if outboxes[sender].try_send(frame).is_err() {
             shared.error("client outbox full");
         }
         n += 1;

@@ -77,6 +77,9 @@ struct Args {
     /// Check that every acknowledged message is in history (REST).
     #[arg(long, default_value_t = false)]
     verify_history: bool,
+    /// Send over REST (POST .../messages) instead of WebSocket frames.
+    #[arg(long, default_value_t = false)]
+    send_via_rest: bool,
 }
 
 fn processes(dev: &std::path::Path) -> Vec<(String, u32)> {
@@ -126,6 +129,7 @@ async fn main() -> Result<()> {
         ready_file: args.ready_file,
         until_file: args.until_file,
         verify_history: args.verify_history,
+        send_via_rest: args.send_via_rest,
     })
     .await?;
     println!("{}", report.markdown());
