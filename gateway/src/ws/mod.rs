@@ -66,6 +66,15 @@ pub fn hard_frame_limit(max_frame_bytes: usize) -> usize {
     max_frame_bytes.saturating_mul(4).max(64 * 1024)
 }
 
+/// Initial capacity of a socket's read buffer, and the most one read
+/// takes from the TLS stream. tungstenite's default (128 KiB) is allocated
+/// and zero-filled on a socket's first read, so it was resident for every
+/// open socket: ~150 KiB per idle socket in all, against a design target
+/// of 30 KiB (`tests/src/bin/ws-idle.rs`). A larger frame still grows the
+/// buffer to its length (up to [`hard_frame_limit`]); it just takes more
+/// reads.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 async fn upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Response {
     let header_user = match bearer(&parts) {
         Some(token) => match authenticate(&state, token).await {
@@ -77,6 +86,7 @@ async fn upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgra
     let limit = hard_frame_limit(state.config.ws_max_frame_bytes);
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| conn::run(socket, state, header_user))
 }
