@@ -34,8 +34,9 @@
 //! Kafka redelivery and restarts never duplicate: the rows of step 2 are
 //! the dedupe records, written before the offsets move and before any
 //! send. Each row is then claimed (`sending`, with a lease) before its
-//! request and closed after the answer. The one unavoidable window is a
-//! crash while a request is in flight: the push service may or may not have
+//! request and closed after the answer (2xx answers in batches). The one
+//! unavoidable window is a crash while a request is in flight or its 2xx
+//! awaits its batch: the push service may or may not have
 //! accepted it, and the row is sent again when its lease ends. The payload
 //! carries `message_id` (a service worker can drop a repeat) and the
 //! per-conversation `Topic` lets the push service replace it. ADR 0004.

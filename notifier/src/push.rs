@@ -7,6 +7,13 @@
 //! sends each in its own task with a timeout. So a slow or dead push service
 //! holds at most `push_per_origin` requests and never delays the others.
 //!
+//! Full rounds (every origin with due rows) run when the consumer queues
+//! work and every poll interval. Between them, answers free room only for
+//! their own origin, which is refilled once a quarter of its share is free
+//! (one claim per several answers, not two queries per answer). 2xx
+//! answers, the common case, are recorded together: one `UPDATE ... FROM
+//! UNNEST` per batch of answers, before their room is reused.
+//!
 //! Outcomes (RFC 8030 / API.md):
 //!
 //! - 2xx: `sent` (the payload is cleared);
@@ -19,7 +26,9 @@
 //!
 //! A row claimed by an instance that dies is claimed again when its lease
 //! ends: the HTTP hop is at-least-once, the only place a duplicate can come
-//! from (see the crate docs and ADR 0004).
+//! from (see the crate docs and ADR 0004). A 2xx waiting for its batch is
+//! still `sending`, so it counts as in flight; a graceful stop records the
+//! last batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +79,28 @@ pub struct PushWorker {
     pub(crate) jwt_cache: std::sync::Mutex<HashMap<String, (String, i64)>>,
 }
 
+/// A finished attempt, as the run loop learns of it.
+#[derive(Debug)]
+enum Done {
+    /// A 2xx, recorded by the loop with the next batch.
+    Sent {
+        message_id: Uuid,
+        subscription_id: Uuid,
+        origin: String,
+        status: u16,
+    },
+    /// Any other outcome, already recorded by its task.
+    Recorded { origin: String },
+}
+
+impl Done {
+    fn origin(&self) -> &str {
+        match self {
+            Self::Sent { origin, .. } | Self::Recorded { origin } => origin,
+        }
+    }
+}
+
 /// One claimed delivery.
 #[derive(Debug)]
 struct Claimed {
@@ -102,16 +133,31 @@ enum Outcome {
 
 impl PushWorker {
     /// Runs until shutdown; dropping the future aborts every request in
-    /// flight (their rows stay claimed until the lease ends).
+    /// flight (their rows stay claimed until the lease ends), and forgets
+    /// answered rows not yet recorded (the same: `sending` until the lease
+    /// ends, then sent again).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut in_flight: HashMap<String, usize> = HashMap::new();
         let mut total = 0usize;
         let mut tasks = JoinSet::new();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        // Refill an origin once this much of its share is free.
+        let refill = (this.settings.per_origin / 4).max(1);
+        let mut poll = tokio::time::interval(this.settings.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What the next claim covers: every origin, or those freed.
+        let mut full_round = true;
+        let mut freed: Vec<String> = Vec::new();
         loop {
-            if total < this.settings.concurrency {
-                match this.claim_round(&in_flight, total).await {
+            while tasks.try_join_next().is_some() {}
+            if total < this.settings.concurrency && (full_round || !freed.is_empty()) {
+                let origins = if full_round {
+                    None
+                } else {
+                    Some(std::mem::take(&mut freed))
+                };
+                match this.claim_round(origins, &in_flight, total).await {
                     Ok(claimed) => {
                         for c in claimed {
                             *in_flight.entry(c.origin.clone()).or_insert(0) += 1;
@@ -119,45 +165,116 @@ impl PushWorker {
                             let worker = this.clone();
                             let done = done_tx.clone();
                             tasks.spawn(async move {
-                                let origin = c.origin.clone();
-                                worker.deliver(c).await;
-                                let _ = done.send(origin);
+                                let _ = done.send(worker.deliver(c).await);
                             });
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "claiming pushes failed; retrying"),
                 }
+                full_round = false;
+                freed.clear();
             }
-            tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
-                () = this.wake.notified() => {}
-                Some(origin) = done_rx.recv() => {
-                    release(&mut in_flight, &mut total, &origin);
-                    while let Ok(origin) = done_rx.try_recv() {
-                        release(&mut in_flight, &mut total, &origin);
-                    }
-                }
-                () = tokio::time::sleep(this.settings.poll) => {}
+                () = this.wake.notified() => None,
+                _ = poll.tick() => None,
+                Some(first) = done_rx.recv() => Some(first),
+            };
+            let Some(first) = first else {
+                full_round = true;
+                continue;
+            };
+            let mut batch = vec![first];
+            while let Ok(d) = done_rx.try_recv() {
+                batch.push(d);
             }
-            while tasks.try_join_next().is_some() {}
+            this.record_sent(&batch).await;
+            for d in &batch {
+                let origin = d.origin();
+                release(&mut in_flight, &mut total, origin);
+                let busy = in_flight.get(origin).copied().unwrap_or(0);
+                if this.settings.per_origin.saturating_sub(busy) >= refill
+                    && !freed.iter().any(|o| o == origin)
+                {
+                    freed.push(origin.to_owned());
+                }
+            }
         }
-        // Let the requests in flight finish (bounded by their timeout).
+        // Let the requests in flight finish (bounded by their timeout), then
+        // record the last answers.
         while tasks.join_next().await.is_some() {}
+        drop(done_tx);
+        let mut batch = Vec::new();
+        while let Some(d) = done_rx.recv().await {
+            batch.push(d);
+        }
+        this.record_sent(&batch).await;
     }
 
-    /// Claims due rows for every origin with room.
+    /// Records the 2xx answers of `batch` in one statement. On error the
+    /// rows stay `sending` and are sent again when their lease ends.
+    async fn record_sent(&self, batch: &[Done]) {
+        let mut message_ids = Vec::new();
+        let mut subscription_ids = Vec::new();
+        let mut statuses = Vec::new();
+        for d in batch {
+            if let Done::Sent {
+                message_id,
+                subscription_id,
+                status,
+                ..
+            } = d
+            {
+                message_ids.push(*message_id);
+                subscription_ids.push(*subscription_id);
+                statuses.push(i32::from(*status));
+            }
+        }
+        if message_ids.is_empty() {
+            return;
+        }
+        let n = message_ids.len() as u64;
+        let result = sqlx::query(
+            "UPDATE push_deliveries d SET state = 'sent', sent_at = now(), payload = NULL, \
+               last_status = u.status, lease_until = NULL \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[]) AS u(message_id, subscription_id, status) \
+             WHERE d.message_id = u.message_id AND d.subscription_id = u.subscription_id",
+        )
+        .bind(message_ids)
+        .bind(subscription_ids)
+        .bind(statuses)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Stats::add(&self.stats.pushes_sent, n),
+            Err(e) => tracing::error!(
+                error = %e,
+                pushes = n,
+                "recording sent pushes failed; their leases will retry them"
+            ),
+        }
+    }
+
+    /// Claims due rows for `origins` (`None`: every origin with due rows)
+    /// as far as they have room.
     async fn claim_round(
         &self,
+        origins: Option<Vec<String>>,
         in_flight: &HashMap<String, usize>,
         total: usize,
     ) -> Result<Vec<Claimed>, sqlx::Error> {
-        let origins: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT origin FROM push_deliveries \
-             WHERE state IN ('pending', 'sending') AND next_attempt_at <= now() \
-               AND (state = 'pending' OR lease_until < now())",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let origins: Vec<String> = match origins {
+            Some(o) => o,
+            None => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT origin FROM push_deliveries \
+                     WHERE state IN ('pending', 'sending') AND next_attempt_at <= now() \
+                       AND (state = 'pending' OR lease_until < now())",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         let mut room_total = self.settings.concurrency.saturating_sub(total);
         let mut out = Vec::new();
         for origin in origins {
@@ -218,17 +335,27 @@ impl PushWorker {
             .collect()
     }
 
-    /// One attempt and its bookkeeping. Errors of the bookkeeping are logged;
-    /// the lease then brings the row back.
+    /// One attempt and its bookkeeping: a 2xx goes back to the loop to be
+    /// recorded with its batch, anything else is recorded here. Errors of
+    /// the bookkeeping are logged; the lease then brings the row back.
     #[tracing::instrument(skip_all, fields(message_id = %c.message_id, subscription_id = %c.subscription_id, origin = %c.origin, attempt = c.attempts))]
-    async fn deliver(&self, c: Claimed) {
+    async fn deliver(&self, c: Claimed) -> Done {
         let outcome = match &c.target {
             None => Outcome::Gone(0),
             Some((endpoint, p256dh, auth)) => self.send(&c, endpoint, p256dh, auth).await,
         };
+        if let Outcome::Sent(status) = outcome {
+            return Done::Sent {
+                message_id: c.message_id,
+                subscription_id: c.subscription_id,
+                origin: c.origin,
+                status,
+            };
+        }
         if let Err(e) = self.record(&c, outcome).await {
             tracing::error!(error = %e, "recording a push outcome failed; the lease will retry it");
         }
+        Done::Recorded { origin: c.origin }
     }
 
     async fn send(&self, c: &Claimed, endpoint: &str, p256dh: &str, auth: &str) -> Outcome {
@@ -307,19 +434,8 @@ impl PushWorker {
 
     async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<(), anyhow::Error> {
         match outcome {
-            Outcome::Sent(status) => {
-                sqlx::query(
-                    "UPDATE push_deliveries SET state = 'sent', sent_at = now(), payload = NULL, \
-                       last_status = $3, lease_until = NULL \
-                     WHERE message_id = $1 AND subscription_id = $2",
-                )
-                .bind(c.message_id)
-                .bind(c.subscription_id)
-                .bind(i32::from(status))
-                .execute(&self.pool)
-                .await?;
-                Stats::add(&self.stats.pushes_sent, 1);
-            }
+            // Recorded in batches by the run loop (`record_sent`).
+            Outcome::Sent(_) => {}
             Outcome::Gone(status) => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("DELETE FROM push_subscriptions WHERE subscription_id = $1")
