@@ -15,11 +15,11 @@
 //! - anything else → nothing.
 //!
 //! The round's rows are committed in one transaction, the workers are
-//! woken, and only then are the Kafka offsets committed. A crash before the
-//! offset commit redelivers the round; its rows already exist, so nothing
-//! is queued twice.
+//! woken, and only then are the consumer offsets stored (in PostgreSQL, not
+//! the broker: [`projector::offsets`], ADR 0005). A crash before that
+//! redelivers the round; its rows already exist, so nothing is queued
+//! twice.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,9 +30,10 @@ use domain::read_marker::ReadMarkerEvent;
 use fred::prelude::{Client as Redis, KeysInterface};
 use futures::{FutureExt, StreamExt};
 use projector::event::{Decoder, Event, ProjectedEvent};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use projector::offsets::{next_offsets, OffsetStore};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{watch, Notify};
@@ -74,6 +75,9 @@ impl Stats {
 /// What the consumer needs besides Kafka.
 pub struct Live {
     pub(crate) consumer: StreamConsumer,
+    /// The consumer's settings, for the metadata lookup at assignment.
+    pub(crate) consumer_config: ClientConfig,
+    pub(crate) offsets: OffsetStore,
     pub(crate) pool: PgPool,
     pub(crate) redis: Redis,
     pub(crate) prefix: String,
@@ -121,9 +125,29 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
 
 impl Live {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut stream = self.consumer.stream();
-        let mut last_commit: Option<TopicPartitionList> = None;
+        // Held until the loop ends: a standby waits on it.
+        let Some(_leader) = self.offsets.lead(&self.pool, &mut shutdown).await else {
+            return;
+        };
         let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .offsets
+                .assign(&self.consumer, &self.consumer_config, &self.pool)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "assigning the events topic's partitions failed; retrying");
+                    if pause(&mut shutdown, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let mut stream = self.consumer.stream();
+        backoff = Duration::from_millis(50);
         loop {
             let first = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -152,19 +176,42 @@ impl Live {
             if !self.process(&batch, &mut shutdown).await {
                 break;
             }
-            let offsets = next_offsets(&batch);
-            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
-                tracing::warn!(error = %e, "committing offsets failed; the batch may be redelivered (deduplicated)");
+            if !self
+                .store_offsets(&next_offsets(&batch), &mut shutdown)
+                .await
+            {
+                break;
             }
-            last_commit = Some(offsets);
         }
         drop(stream);
-        if let Some(offsets) = last_commit {
-            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "final offset commit failed");
+        self.dead_letter.flush();
+    }
+
+    /// Stores the offsets past a handled batch, retrying while PostgreSQL
+    /// is away; `false` on shutdown (the batch is then redelivered to the
+    /// next run and deduplicated).
+    async fn store_offsets(
+        &self,
+        next: &[(i32, i64)],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let saved = async {
+                let mut conn = self.pool.acquire().await?;
+                self.offsets.save(&mut conn, next).await
+            };
+            match saved.await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing consumer offsets failed; retrying");
+                    if pause(shutdown, backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
         }
-        self.dead_letter.flush();
     }
 
     /// Handles a batch; `false` when interrupted by shutdown (nothing of
@@ -521,18 +568,4 @@ struct Sent<'a> {
     sender_id: Uuid,
     body: &'a str,
     sent_at: DateTime<Utc>,
-}
-
-/// Per partition, the offset after the last record of the batch.
-fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for m in batch {
-        let e = next.entry((m.topic(), m.partition())).or_insert(0);
-        *e = (*e).max(m.offset() + 1);
-    }
-    let mut tpl = TopicPartitionList::with_capacity(next.len());
-    for ((topic, partition), offset) in next {
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
-    }
-    tpl
 }

@@ -81,7 +81,7 @@ use anyhow::Context;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use proto::notifier::v1::notifier_service_server::NotifierServiceServer;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -161,9 +161,8 @@ impl Application {
         let consumer: StreamConsumer = consumer_config
             .create()
             .context("creating the Kafka consumer")?;
-        consumer
-            .subscribe(&[&config.events_topic])
-            .context("subscribing to the events topic")?;
+        // No subscribe: the consumer assigns itself every partition from
+        // the offsets stored in PostgreSQL (ADR 0005).
         let dead_letter =
             DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
                 .context("creating the dead-letter producer")?;
@@ -199,6 +198,8 @@ impl Application {
         let wake_digest = Arc::new(Notify::new());
         let live = Live {
             consumer,
+            consumer_config,
+            offsets: projector::offsets::OffsetStore::new(&config.group_id, &config.events_topic),
             pool: pool.clone(),
             redis,
             prefix: config.redis_prefix.clone(),

@@ -37,6 +37,7 @@ pub mod engine;
 pub mod event;
 pub mod fanout;
 pub mod live;
+pub mod offsets;
 pub mod projection;
 pub mod projections;
 pub mod rebuild;
@@ -48,7 +49,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -59,6 +60,7 @@ use crate::engine::Engine;
 use crate::event::Decoder;
 use crate::fanout::Fanout;
 use crate::live::{Live, Stats};
+use crate::offsets::OffsetStore;
 use crate::projection::Registry;
 use crate::rebuild::{RebuildOptions, RebuildReport};
 
@@ -126,15 +128,16 @@ impl Application {
         let consumer: StreamConsumer = consumer_config
             .create()
             .context("creating the Kafka consumer")?;
-        consumer
-            .subscribe(&[&config.events_topic])
-            .context("subscribing to the events topic")?;
+        // No subscribe: the live loop assigns itself every partition from
+        // the offsets stored in PostgreSQL (ADR 0005).
         let dead_letter =
             DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
                 .context("creating the dead-letter producer")?;
         let stats = Arc::new(Stats::default());
         let live = Live {
             consumer,
+            consumer_config,
+            offsets: OffsetStore::new(&config.group_id, &config.events_topic),
             pool: pool.clone(),
             engine: Engine::new(decoder),
             projections: registry.all().to_vec(),

@@ -10,23 +10,25 @@
 //!    [`Engine`](crate::engine::Engine) (dedupe, gap repair, checkpoints)
 //!    and compute the Redis plan; commit. Failures roll back and retry the
 //!    same batch with backoff; nothing is skipped;
+//!    and compute the Redis plan; the consumer offsets past the whole batch
+//!    (poison included) are stored in the same transaction
+//!    ([`offsets`](crate::offsets)); commit;
 //! 4. run the Redis plan (generations, then publishes; see
-//!    [`fanout`](crate::fanout));
-//! 5. commit the Kafka offsets past the whole batch, poison included.
+//!    [`fanout`](crate::fanout)).
 //!
-//! A crash anywhere before 5 redelivers the batch; step 3 then skips what
-//! was committed, so the read models see each event once. Offsets are never
-//! committed for records whose effects are not committed.
+//! Offsets live in PostgreSQL, not in the broker: a batch's effects and
+//! its offsets commit together, so a restart resumes exactly after the last
+//! committed batch. A crash before the commit redelivers the batch, and
+//! the per-stream checkpoints skip anything already applied.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -34,6 +36,7 @@ use crate::dead_letter::DeadLetter;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::event::{Poison, PoisonReason, ProjectedEvent};
 use crate::fanout::{self, Fanout, Plan};
+use crate::offsets::{next_offsets, OffsetStore};
 use crate::projection::Projection;
 use crate::projections::core;
 
@@ -90,6 +93,9 @@ impl Stats {
 /// The live projector.
 pub struct Live {
     pub(crate) consumer: StreamConsumer,
+    /// The consumer's settings, for the metadata lookup at assignment.
+    pub(crate) consumer_config: ClientConfig,
+    pub(crate) offsets: OffsetStore,
     pub(crate) pool: PgPool,
     pub(crate) engine: Engine,
     pub(crate) projections: Vec<Arc<dyn Projection>>,
@@ -135,9 +141,29 @@ impl Live {
     /// Consumes until `shutdown` turns true; the batch in progress finishes
     /// (or, while it is retrying, is abandoned uncommitted).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut stream = self.consumer.stream();
-        let mut last_commit: Option<TopicPartitionList> = None;
+        // Held until the loop ends: a standby waits on it.
+        let Some(_leader) = self.offsets.lead(&self.pool, &mut shutdown).await else {
+            return;
+        };
         let mut error_backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .offsets
+                .assign(&self.consumer, &self.consumer_config, &self.pool)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "assigning the events topic's partitions failed; retrying");
+                    if pause(&mut shutdown, error_backoff).await {
+                        return;
+                    }
+                    error_backoff = next_backoff(error_backoff);
+                }
+            }
+        }
+        let mut stream = self.consumer.stream();
+        error_backoff = Duration::from_millis(50);
         loop {
             let first = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -171,18 +197,8 @@ impl Live {
                 Step::Done(()) => {}
                 Step::Stopped => break,
             }
-            let offsets = next_offsets(&batch);
-            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
-                tracing::warn!(error = %e, "committing offsets failed; the batch may be redelivered (and skipped)");
-            }
-            last_commit = Some(offsets);
         }
         drop(stream);
-        if let Some(offsets) = last_commit {
-            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "final offset commit failed");
-            }
-        }
         self.dead_letter.flush();
         tracing::info!(stats = ?self.stats.snapshot(), "live projector stopped");
     }
@@ -216,9 +232,10 @@ impl Live {
         if let Step::Stopped = self.dead_letter_all(batch, &poison, shutdown).await {
             return Step::Stopped;
         }
+        let offsets = next_offsets(batch);
         let mut backoff = Duration::from_millis(50);
         let (outcome, plan) = loop {
-            match self.apply(&events).await {
+            match self.apply(&events, &offsets).await {
                 Ok(done) => break done,
                 Err(EngineError::Unrepairable { index, detail }) => {
                     events.remove(index);
@@ -259,18 +276,23 @@ impl Live {
 
     /// One batch without Kafka: apply, commit, fan out.
     pub(crate) async fn project(&self, events: &[ProjectedEvent]) -> anyhow::Result<Outcome> {
-        let (outcome, plan) = self.apply(events).await?;
+        let (outcome, plan) = self.apply(events, &[]).await?;
         self.fanout.execute(&plan).await?;
         Ok(outcome)
     }
 
-    async fn apply(&self, events: &[ProjectedEvent]) -> Result<(Outcome, Plan), EngineError> {
+    async fn apply(
+        &self,
+        events: &[ProjectedEvent],
+        offsets: &[(i32, i64)],
+    ) -> Result<(Outcome, Plan), EngineError> {
         let mut tx = self.pool.begin().await?;
         let outcome = self
             .engine
             .apply(&mut tx, &self.projections, events, Some(core::NAME))
             .await?;
         let plan = fanout::plan(&mut tx, &self.prefix, &outcome.fanout).await?;
+        self.offsets.save(&mut tx, offsets).await?;
         tx.commit().await?;
         Ok((outcome, plan))
     }
@@ -312,19 +334,4 @@ impl Live {
         Stats::add(&self.stats.dead_lettered, poison.len() as u64);
         Step::Done(())
     }
-}
-
-/// Per partition, the offset after the last record of the batch.
-fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for m in batch {
-        let e = next.entry((m.topic(), m.partition())).or_insert(0);
-        *e = (*e).max(m.offset() + 1);
-    }
-    let mut tpl = TopicPartitionList::with_capacity(next.len());
-    for ((topic, partition), offset) in next {
-        // Only fails for an invalid offset value, which +1 of a real one is not.
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
-    }
-    tpl
 }

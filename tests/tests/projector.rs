@@ -1395,3 +1395,52 @@ async fn figures_projector_throughput_and_latency() -> Result<()> {
     sub.quit().await;
     svc.stop().await
 }
+
+/// Offsets live in PostgreSQL (ADR 0005): one instance of a group consumes
+/// while a second stands by; when the first stops, the second takes over
+/// exactly where the first's last transaction left off.
+#[tokio::test]
+async fn a_second_instance_of_the_group_stands_by_and_takes_over_where_the_first_stopped(
+) -> Result<()> {
+    let svc = CommandService::start(CommandServiceOptions::default()).await?;
+    let opts = ProjectorOptions {
+        group_id: Some(format!("projector-{}", uuid::Uuid::now_v7().simple())),
+        ..Default::default()
+    };
+    let first = RunningProjector::start(&svc, opts.clone()).await?;
+    let second = RunningProjector::start(&svc, opts.clone()).await?;
+    let c = &svc.commands;
+    let ann = register(c, "ann").await?;
+    let g = c
+        .create_group(ann, "team", &[], &meta(ann))
+        .await?
+        .to_string();
+    let before = send(c, ann, &g, "before", "to the first").await?;
+    message_projected(&svc.pool, &before.message_id.to_string()).await?;
+    first.wait_stats(WAIT, |s| s.records >= 3).await?;
+    assert_eq!(second.snapshot().records, 0, "the standby consumed nothing");
+    let consumed_by_first = first.snapshot().records;
+    first.stop().await?;
+
+    let after = send(c, ann, &g, "after", "to the second").await?;
+    message_projected(&svc.pool, &after.message_id.to_string()).await?;
+    let s = second.snapshot();
+    assert_eq!(
+        s.records, 1,
+        "the second resumed after the first's last batch, no replay: {s:?} (first saw {consumed_by_first})"
+    );
+    assert_eq!(s.skipped, 0, "{s:?}");
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT sum(next_offset)::bigint FROM consumer_offsets WHERE group_id = $1",
+    )
+    .bind(opts.group_id.as_deref())
+    .fetch_one(&svc.pool)
+    .await?;
+    assert_eq!(
+        stored,
+        consumed_by_first as i64 + 1,
+        "offsets of every record are stored"
+    );
+    second.stop().await?;
+    svc.stop().await
+}
