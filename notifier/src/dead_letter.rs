@@ -36,7 +36,11 @@ impl DeadLetter {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
+            // As the relay (command-service/src/relay.rs): one request in
+            // flight keeps order; broker-side idempotence wedges tansu 0.6
+            // on an epoch bump. A retry may duplicate a dead letter.
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
             .set("acks", "all")
             .set("message.timeout.ms", "30000");
         for (k, v) in options {

@@ -113,7 +113,7 @@ impl OffsetStore {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "taking the consumer-group lock failed; retrying")
+                    tracing::warn!(error = %e, "taking the consumer-group lock failed; retrying");
                 }
             }
             tokio::select! {

@@ -568,7 +568,14 @@ async fn run_socket(
                             }
                             shared.on_frame(member, &v, &acks);
                         }
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(Message::Close(f))) => {
+                            // Why the server closed it (1008 slow consumer,
+                            // 4408 idle, 1001 shutdown...), counted by code.
+                            let code = f.map_or(1005, |f| u16::from(f.code));
+                            shared.error(&format!("closed by server {code}"));
+                            break;
+                        }
+                        None | Some(Err(_)) => break,
                         Some(Ok(_)) => {}
                     }
                 }
