@@ -116,6 +116,21 @@ pub async fn reset(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> Result
         attempt += 1;
         let result = async {
             let mut tx = pool.begin().await?;
+            // Every table first, in one statement: this waits for the live
+            // loop's transaction in flight and holds off the next until the
+            // reset commits. Without it a live batch that started between
+            // the DELETE and the TRUNCATE below kept its new checkpoints
+            // while TRUNCATE wiped its rows, and the replay then skipped
+            // those events as applied (found by the rebuild-during-live
+            // test in CI).
+            let mut all = vec!["rm_checkpoints".to_owned(), "rm_positions".to_owned()];
+            all.extend(tables.iter().cloned());
+            sqlx::query(&format!(
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                all.join(", ")
+            ))
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM rm_checkpoints WHERE projection = ANY($1)")
                 .bind(&names)
                 .execute(&mut *tx)
