@@ -125,29 +125,22 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
 
 impl Live {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        // Held until the loop ends: a standby waits on it.
-        let Some(_leader) = self.offsets.lead(&self.pool, &mut shutdown).await else {
+        // The leader connection is held until the loop ends: a standby
+        // waits on it.
+        let Some(_leader) = self
+            .offsets
+            .start(
+                &self.consumer,
+                &self.consumer_config,
+                &self.pool,
+                &mut shutdown,
+            )
+            .await
+        else {
             return;
         };
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .offsets
-                .assign(&self.consumer, &self.consumer_config, &self.pool)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "assigning the events topic's partitions failed; retrying");
-                    if pause(&mut shutdown, backoff).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
         let mut stream = self.consumer.stream();
-        backoff = Duration::from_millis(50);
+        let mut backoff = Duration::from_millis(50);
         loop {
             let first = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,

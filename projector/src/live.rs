@@ -141,29 +141,22 @@ impl Live {
     /// Consumes until `shutdown` turns true; the batch in progress finishes
     /// (or, while it is retrying, is abandoned uncommitted).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        // Held until the loop ends: a standby waits on it.
-        let Some(_leader) = self.offsets.lead(&self.pool, &mut shutdown).await else {
+        // The leader connection is held until the loop ends: a standby
+        // waits on it.
+        let Some(_leader) = self
+            .offsets
+            .start(
+                &self.consumer,
+                &self.consumer_config,
+                &self.pool,
+                &mut shutdown,
+            )
+            .await
+        else {
             return;
         };
-        let mut error_backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .offsets
-                .assign(&self.consumer, &self.consumer_config, &self.pool)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "assigning the events topic's partitions failed; retrying");
-                    if pause(&mut shutdown, error_backoff).await {
-                        return;
-                    }
-                    error_backoff = next_backoff(error_backoff);
-                }
-            }
-        }
         let mut stream = self.consumer.stream();
-        error_backoff = Duration::from_millis(50);
+        let mut error_backoff = Duration::from_millis(50);
         loop {
             let first = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,

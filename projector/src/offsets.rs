@@ -137,6 +137,33 @@ impl OffsetStore {
         }
     }
 
+    /// Leads the group, then assigns every partition, retrying while the
+    /// broker or PostgreSQL is away. Returns the leader connection (hold it
+    /// while consuming), or `None` on shutdown.
+    pub async fn start(
+        &self,
+        consumer: &StreamConsumer,
+        config: &ClientConfig,
+        pool: &PgPool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<PgConnection> {
+        let leader = self.lead(pool, shutdown).await?;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.assign(consumer, config, pool).await {
+                Ok(_) => return Some(leader),
+                Err(e) => {
+                    tracing::warn!(error = %e, "assigning the topic's partitions failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
     /// Assigns every partition of the topic to `consumer`, each from its
     /// stored offset or, if it has none, from the beginning. Returns the
     /// number of partitions.
