@@ -28,11 +28,8 @@ use chrono::{DateTime, Utc};
 use domain::conversation::ConversationEvent;
 use domain::read_marker::ReadMarkerEvent;
 use fred::prelude::{Client as Redis, KeysInterface};
-use futures::{FutureExt, StreamExt};
 use projector::event::{Decoder, Event, ProjectedEvent};
-use projector::offsets::{next_offsets, OffsetStore};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use projector::offsets::{next_offsets, pause, EventsConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -74,10 +71,7 @@ impl Stats {
 
 /// What the consumer needs besides Kafka.
 pub struct Live {
-    pub(crate) consumer: StreamConsumer,
-    /// The consumer's settings, for the metadata lookup at assignment.
-    pub(crate) consumer_config: ClientConfig,
-    pub(crate) offsets: OffsetStore,
+    pub(crate) source: EventsConsumer,
     pub(crate) pool: PgPool,
     pub(crate) redis: Redis,
     pub(crate) prefix: String,
@@ -112,60 +106,15 @@ enum HandleError {
     NotProjected,
 }
 
-/// Sleeps `d` unless shutdown comes first; `true` when shutting down.
-async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = shutdown.wait_for(|s| *s) => true,
-        () = tokio::time::sleep(d) => false,
-    }
-}
-
 impl Live {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         // The leader connection is held until the loop ends: a standby
         // waits on it.
-        let Some(_leader) = self
-            .offsets
-            .start(
-                &self.consumer,
-                &self.consumer_config,
-                &self.pool,
-                &mut shutdown,
-            )
-            .await
-        else {
+        let Some(_leader) = self.source.start(&self.pool, &mut shutdown).await else {
             return;
         };
-        let mut stream = self.consumer.stream();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
-                m = stream.next() => m,
-            };
-            let mut batch = Vec::new();
-            match first {
-                Some(Ok(m)) => batch.push(m.detach()),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    if pause(&mut shutdown, backoff).await {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-                None => break,
-            }
-            backoff = Duration::from_millis(50);
-            while batch.len() < self.batch_size.max(1) {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(m))) => batch.push(m.detach()),
-                    _ => break,
-                }
-            }
+        let mut batches = self.source.batches(self.batch_size);
+        while let Some(batch) = batches.next(&mut shutdown).await {
             if !self.process(&batch, &mut shutdown).await {
                 break;
             }
@@ -176,7 +125,7 @@ impl Live {
                 break;
             }
         }
-        drop(stream);
+        drop(batches);
         self.dead_letter.flush();
     }
 
@@ -192,7 +141,7 @@ impl Live {
         loop {
             let saved = async {
                 let mut conn = self.pool.acquire().await?;
-                self.offsets.save(&mut conn, next).await
+                self.source.offsets().save(&mut conn, next).await
             };
             match saved.await {
                 Ok(()) => return true,

@@ -80,8 +80,6 @@ use std::time::Duration;
 use anyhow::Context;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use proto::notifier::v1::notifier_service_server::NotifierServiceServer;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -146,23 +144,15 @@ impl Application {
             .await
             .context("connecting to Redis")?;
         let options = config.kafka_options().map_err(anyhow::Error::msg)?;
-        let mut consumer_config = ClientConfig::new();
-        consumer_config
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string());
-        for (k, v) in &options {
-            consumer_config.set(*k, *v);
-        }
-        let consumer: StreamConsumer = consumer_config
-            .create()
-            .context("creating the Kafka consumer")?;
-        // No subscribe: the consumer assigns itself every partition from
-        // the offsets stored in PostgreSQL (ADR 0005).
+        // Offsets in PostgreSQL, every partition assigned (ADR 0005).
+        let source = projector::offsets::EventsConsumer::new(
+            &config.kafka_brokers,
+            &config.group_id,
+            &config.events_topic,
+            config.fetch_wait_ms,
+            &options,
+        )
+        .context("creating the Kafka consumer")?;
         let dead_letter =
             DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
                 .context("creating the dead-letter producer")?;
@@ -197,9 +187,7 @@ impl Application {
         let wake_push = Arc::new(Notify::new());
         let wake_digest = Arc::new(Notify::new());
         let live = Live {
-            consumer,
-            consumer_config,
-            offsets: projector::offsets::OffsetStore::new(&config.group_id, &config.events_topic),
+            source,
             pool: pool.clone(),
             redis,
             prefix: config.redis_prefix.clone(),

@@ -48,8 +48,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -60,7 +58,7 @@ use crate::engine::Engine;
 use crate::event::Decoder;
 use crate::fanout::Fanout;
 use crate::live::{Live, Stats};
-use crate::offsets::OffsetStore;
+use crate::offsets::EventsConsumer;
 use crate::projection::Registry;
 use crate::rebuild::{RebuildOptions, RebuildReport};
 
@@ -113,31 +111,21 @@ impl Application {
             .await
             .context("connecting to Redis")?;
         let options = config.kafka_options().map_err(anyhow::Error::msg)?;
-        let mut consumer_config = ClientConfig::new();
-        consumer_config
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string());
-        for (k, v) in &options {
-            consumer_config.set(*k, *v);
-        }
-        let consumer: StreamConsumer = consumer_config
-            .create()
-            .context("creating the Kafka consumer")?;
-        // No subscribe: the live loop assigns itself every partition from
-        // the offsets stored in PostgreSQL (ADR 0005).
+        // Offsets in PostgreSQL, every partition assigned (ADR 0005).
+        let source = EventsConsumer::new(
+            &config.kafka_brokers,
+            &config.group_id,
+            &config.events_topic,
+            config.fetch_wait_ms,
+            &options,
+        )
+        .context("creating the Kafka consumer")?;
         let dead_letter =
             DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
                 .context("creating the dead-letter producer")?;
         let stats = Arc::new(Stats::default());
         let live = Live {
-            consumer,
-            consumer_config,
-            offsets: OffsetStore::new(&config.group_id, &config.events_topic),
+            source,
             pool: pool.clone(),
             engine: Engine::new(decoder),
             projections: registry.all().to_vec(),

@@ -25,9 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -36,7 +33,7 @@ use crate::dead_letter::DeadLetter;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::event::{Poison, PoisonReason, ProjectedEvent};
 use crate::fanout::{self, Fanout, Plan};
-use crate::offsets::{next_offsets, OffsetStore};
+use crate::offsets::{next_offsets, pause, EventsConsumer};
 use crate::projection::Projection;
 use crate::projections::core;
 
@@ -92,10 +89,7 @@ impl Stats {
 
 /// The live projector.
 pub struct Live {
-    pub(crate) consumer: StreamConsumer,
-    /// The consumer's settings, for the metadata lookup at assignment.
-    pub(crate) consumer_config: ClientConfig,
-    pub(crate) offsets: OffsetStore,
+    pub(crate) source: EventsConsumer,
     pub(crate) pool: PgPool,
     pub(crate) engine: Engine,
     pub(crate) projections: Vec<Arc<dyn Projection>>,
@@ -122,17 +116,6 @@ enum Step<T> {
     Stopped,
 }
 
-/// Sleeps `d` unless shutdown comes first; `true` when shutting down.
-async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = shutdown.wait_for(|s| *s) => true,
-        () = tokio::time::sleep(d) => false,
-    }
-}
-
 fn next_backoff(d: Duration) -> Duration {
     (d * 2).min(Duration::from_secs(10))
 }
@@ -143,55 +126,17 @@ impl Live {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         // The leader connection is held until the loop ends: a standby
         // waits on it.
-        let Some(_leader) = self
-            .offsets
-            .start(
-                &self.consumer,
-                &self.consumer_config,
-                &self.pool,
-                &mut shutdown,
-            )
-            .await
-        else {
+        let Some(_leader) = self.source.start(&self.pool, &mut shutdown).await else {
             return;
         };
-        let mut stream = self.consumer.stream();
-        let mut error_backoff = Duration::from_millis(50);
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
-                m = stream.next() => m,
-            };
-            let mut batch = Vec::with_capacity(self.batch_size.min(64));
-            match first {
-                Some(Ok(m)) => batch.push(m.detach()),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    if pause(&mut shutdown, error_backoff).await {
-                        break;
-                    }
-                    error_backoff = next_backoff(error_backoff);
-                    continue;
-                }
-                None => break,
-            }
-            error_backoff = Duration::from_millis(50);
-            while batch.len() < self.batch_size.max(1) {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(m))) => batch.push(m.detach()),
-                    Some(Some(Err(e))) => {
-                        tracing::warn!(error = %e, "kafka consumer error");
-                        break;
-                    }
-                    _ => break,
-                }
-            }
+        let mut batches = self.source.batches(self.batch_size);
+        while let Some(batch) = batches.next(&mut shutdown).await {
             match self.process(&batch, &mut shutdown).await {
                 Step::Done(()) => {}
                 Step::Stopped => break,
             }
         }
-        drop(stream);
+        drop(batches);
         self.dead_letter.flush();
         tracing::info!(stats = ?self.stats.snapshot(), "live projector stopped");
     }
@@ -285,7 +230,7 @@ impl Live {
             .apply(&mut tx, &self.projections, events, Some(core::NAME))
             .await?;
         let plan = fanout::plan(&mut tx, &self.prefix, &outcome.fanout).await?;
-        self.offsets.save(&mut tx, offsets).await?;
+        self.source.offsets().save(&mut tx, offsets).await?;
         tx.commit().await?;
         Ok((outcome, plan))
     }

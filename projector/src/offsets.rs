@@ -12,13 +12,172 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::stream_consumer::MessageStream;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+
+/// A consumer of the events topic that keeps its offsets in PostgreSQL:
+/// what the projector's and the notifier's live loops share.
+pub struct EventsConsumer {
+    consumer: StreamConsumer,
+    /// Its settings, for the metadata lookup at assignment.
+    config: ClientConfig,
+    offsets: OffsetStore,
+}
+
+impl std::fmt::Debug for EventsConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsConsumer")
+            .field("offsets", &self.offsets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventsConsumer {
+    /// A consumer in `group` (the offsets' key) of `topic`, polling every
+    /// `fetch_wait_ms`; `options` are extra librdkafka properties, applied
+    /// last. Nothing is subscribed: [`Self::start`] assigns the partitions.
+    pub fn new(
+        brokers: &str,
+        group: &str,
+        topic: &str,
+        fetch_wait_ms: u32,
+        options: &[(&str, &str)],
+    ) -> KafkaResult<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
+        for (k, v) in options {
+            config.set(*k, *v);
+        }
+        Ok(Self {
+            consumer: config.create()?,
+            config,
+            offsets: OffsetStore::new(group, topic),
+        })
+    }
+
+    /// Where the offsets are kept.
+    pub fn offsets(&self) -> &OffsetStore {
+        &self.offsets
+    }
+
+    /// Leads the group, then assigns every partition, retrying while the
+    /// broker or PostgreSQL is away. Returns the leader connection (hold it
+    /// while consuming), or `None` on shutdown.
+    pub async fn start(
+        &self,
+        pool: &PgPool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<PgConnection> {
+        let leader = self.offsets.lead(pool, shutdown).await?;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .offsets
+                .assign(&self.consumer, &self.config, pool)
+                .await
+            {
+                Ok(_) => return Some(leader),
+                Err(e) => {
+                    tracing::warn!(error = %e, "assigning the topic's partitions failed; retrying");
+                }
+            }
+            if pause(shutdown, backoff).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Batches of at most `max` records (see [`Batches`]).
+    pub fn batches(&self, max: usize) -> Batches<'_> {
+        Batches {
+            stream: self.consumer.stream(),
+            max: max.max(1),
+        }
+    }
+}
+
+/// Batches from an [`EventsConsumer`]: wait for one record, then take what
+/// is ready without waiting, so a quiet topic is handled record by record
+/// and a busy one in large batches.
+pub struct Batches<'a> {
+    stream: MessageStream<'a, DefaultConsumerContext>,
+    max: usize,
+}
+
+impl std::fmt::Debug for Batches<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batches<'_> {
+    /// The next batch; `None` on shutdown. Consumer errors are logged and
+    /// waited out with backoff.
+    pub async fn next(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<OwnedMessage>> {
+        let mut backoff = Duration::from_millis(50);
+        let first = loop {
+            let m = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return None,
+                m = self.stream.next() => m?,
+            };
+            match m {
+                Ok(m) => break m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    if pause(shutdown, backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let mut batch = Vec::with_capacity(self.max.min(64));
+        batch.push(first);
+        while batch.len() < self.max {
+            match self.stream.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m.detach()),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                _ => break,
+            }
+        }
+        Some(batch)
+    }
+}
+
+/// Sleeps `d` unless shutdown comes first; `true` when shutting down. The
+/// consumer loops' backoff waits, shared by the projector and the notifier.
+pub async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
 
 /// Where a consumer group is, per partition of one topic.
 #[derive(Debug, Clone)]
@@ -116,9 +275,8 @@ impl OffsetStore {
                     tracing::warn!(error = %e, "taking the consumer-group lock failed; retrying");
                 }
             }
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return None,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            if pause(shutdown, Duration::from_secs(1)).await {
+                return None;
             }
         }
     }
@@ -137,37 +295,10 @@ impl OffsetStore {
         }
     }
 
-    /// Leads the group, then assigns every partition, retrying while the
-    /// broker or PostgreSQL is away. Returns the leader connection (hold it
-    /// while consuming), or `None` on shutdown.
-    pub async fn start(
-        &self,
-        consumer: &StreamConsumer,
-        config: &ClientConfig,
-        pool: &PgPool,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<PgConnection> {
-        let leader = self.lead(pool, shutdown).await?;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.assign(consumer, config, pool).await {
-                Ok(_) => return Some(leader),
-                Err(e) => {
-                    tracing::warn!(error = %e, "assigning the topic's partitions failed; retrying");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return None,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
     /// Assigns every partition of the topic to `consumer`, each from its
     /// stored offset or, if it has none, from the beginning. Returns the
     /// number of partitions.
-    pub async fn assign(
+    async fn assign(
         &self,
         consumer: &StreamConsumer,
         config: &ClientConfig,

@@ -320,6 +320,19 @@ pub struct WsClient {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
+/// A WebSocket TLS connector trusting the dev CA (the gateway's certificate).
+fn ws_connector() -> Result<tokio_tungstenite::Connector> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pki().join("ca.pem"))?;
+    for cert in rustls_pki_types_certs(&pem)? {
+        roots.add(cert)?;
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(tls)))
+}
+
 impl WsClient {
     /// Connects; with `token`, authenticates with the `Authorization` header.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Self> {
@@ -330,15 +343,7 @@ impl WsClient {
                 .headers_mut()
                 .insert("authorization", format!("Bearer {t}").parse()?);
         }
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(pki().join("ca.pem"))?;
-        for cert in rustls_pki_types_certs(&pem)? {
-            roots.add(cert)?;
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+        let connector = ws_connector()?;
         let (stream, _) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await
@@ -421,15 +426,7 @@ impl WsClient {
         let tcp = socket
             .connect(SocketAddr::from(([127, 0, 0, 1], port)))
             .await?;
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(pki().join("ca.pem"))?;
-        for cert in rustls_pki_types_certs(&pem)? {
-            roots.add(cert)?;
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+        let connector = ws_connector()?;
         let (stream, _) =
             tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector))
                 .await
