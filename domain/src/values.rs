@@ -238,7 +238,7 @@ impl Password {
     }
 }
 
-/// A message body: trimmed, 1–4000 characters by default.
+/// A message body: trimmed, 1–4000 characters by default, no U+0000.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MessageBody(String);
@@ -252,6 +252,11 @@ impl MessageBody {
         }
         if char_len(t) > limits.body_max {
             return Err(err(ValidationKind::TooLong(limits.body_max)));
+        }
+        // Line breaks and tabs are text; U+0000 is not (PostgreSQL cannot
+        // store it, and no client means it).
+        if t.contains('\0') {
+            return Err(err(ValidationKind::InvalidCharacters));
         }
         Ok(Self(t.to_owned()))
     }
@@ -397,6 +402,8 @@ mod tests {
         assert!(MessageBody::parse("   ", &l).is_err());
         assert!(MessageBody::parse(&"é".repeat(4000), &l).is_ok());
         assert!(MessageBody::parse(&"é".repeat(4001), &l).is_err());
+        assert!(MessageBody::parse("a\tb\nc", &l).is_ok());
+        assert!(MessageBody::parse("a\0b", &l).is_err());
     }
 
     #[test]

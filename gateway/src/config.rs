@@ -124,6 +124,11 @@ pub struct Config {
     /// Largest accepted WebSocket frame, bytes.
     #[arg(long, env = "GATEWAY_WS_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub ws_max_frame_bytes: usize,
+    /// Interval of the live-path probe (a token published through Redis
+    /// that the WebSocket dispatch must see within the same time), ms.
+    /// A missed probe makes `/readyz` answer 503; two re-subscribe.
+    #[arg(long, env = "GATEWAY_LIVE_PROBE_MS", default_value_t = 2000)]
+    pub live_probe_ms: u64,
     /// Presence key lifetime, seconds; refreshed while a socket is open, so
     /// a dead gateway's users go offline within this time.
     #[arg(long, env = "GATEWAY_PRESENCE_TTL_SECS", default_value_t = 60)]

@@ -46,12 +46,19 @@ pub enum ApiError {
     /// 404: not found, or not visible to the caller.
     #[error("not found: {detail}")]
     NotFound { code: String, detail: String },
+    /// 405: the path exists, the method does not (`Allow` lists the ones
+    /// that do, when known).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// 409: conflicts with existing state.
     #[error("conflict: {detail}")]
     Conflict { code: String, detail: String },
     /// 413: body over the configured limit.
     #[error("payload too large")]
     TooLarge,
+    /// 426: a WebSocket endpoint asked without a valid upgrade handshake.
+    #[error("upgrade required: {0}")]
+    UpgradeRequired(String),
     /// 422: well-formed but invalid values; field → why.
     #[error("validation failed: {detail}")]
     Validation {
@@ -105,11 +112,21 @@ impl ApiError {
             }
             Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code, "Forbidden"),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code, "Not Found"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method Not Allowed",
+            ),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code, "Conflict"),
             Self::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "Payload Too Large",
+            ),
+            Self::UpgradeRequired(_) => (
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                "Upgrade Required",
             ),
             Self::Validation { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -145,6 +162,10 @@ impl ApiError {
             | Self::Conflict { detail, .. }
             | Self::Validation { detail, .. } => Some(detail.clone()),
             Self::TooLarge => Some("the request body is larger than allowed".to_owned()),
+            Self::MethodNotAllowed => Some("this endpoint does not accept that method".to_owned()),
+            Self::UpgradeRequired(why) => Some(format!(
+                "this endpoint is a WebSocket: send a GET with the upgrade handshake ({why})"
+            )),
             Self::RateLimited { retry_after } => Some(format!(
                 "too many requests; retry after {} s",
                 retry_after.as_secs().max(1)
@@ -182,6 +203,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Self::UpgradeRequired(_) = self {
+            response
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         if let Self::RateLimited { retry_after } = self {
             if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -208,7 +234,9 @@ impl From<tonic::Status> for ApiError {
         let field = meta("x-error-field");
         let message = status.message().to_owned();
         match status.code() {
-            Code::InvalidArgument => {
+            // OUT_OF_RANGE: a well-formed value beyond what exists (a replay
+            // cursor ahead of the log).
+            Code::InvalidArgument | Code::OutOfRange => {
                 let field = field.unwrap_or_else(|| "request".to_owned());
                 let mut errors = BTreeMap::new();
                 errors.insert(field, message.clone());

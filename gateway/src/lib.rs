@@ -137,7 +137,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let ws = ws::hub::Hub::start(config, metrics.clone())
+        let ws = ws::hub::Hub::start(config, metrics.clone(), redis.clone())
             .await
             .context("starting the WebSocket hub")?;
         let state = AppState {
@@ -235,6 +235,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -244,18 +245,77 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such endpoint")
 }
 
-async fn method_not_allowed() -> Response {
-    let mut r = ApiError::Malformed("method not allowed on this endpoint".into()).into_response();
-    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-    r
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
 }
 
+/// Answers `Connection: close` when the request had a body that the
+/// handler did not read to its end (a 413, a 401 before the body was
+/// looked at): hyper cannot reuse such a connection and closes it, and a
+/// client must be told so, or its next request on it fails.
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request = request.map(|body| {
+        axum::body::Body::new(TrackedBody {
+            inner: body,
+            read: read.clone(),
+        })
+    });
+    let mut response = next.run(request).await;
+    if !read.load(std::sync::atomic::Ordering::Acquire) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// A request body that records when it was read to its end.
+struct TrackedBody {
+    inner: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    // From a fixed set: a client inventing methods must not mint series.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub ws_frames_out: Counter<u64, AtomicU64>,
     pub ws_frames_in: Counter<u64, AtomicU64>,
     pub ws_slow_consumers: Counter<u64, AtomicU64>,
+    /// 1 while the live path's probe comes back in time (ws::hub).
+    pub live_path_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub live_path_heals: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -58,8 +61,22 @@ impl Default for Metrics {
             "WebSockets closed because their outbound queue was full",
             ws_slow_consumers.clone(),
         );
+        let live_path_up = Gauge::default();
+        registry.register(
+            "live_path_up",
+            "1 while a probe published to Redis reaches the WebSocket dispatch in time",
+            live_path_up.clone(),
+        );
+        let live_path_heals = Counter::default();
+        registry.register(
+            "live_path_heals",
+            "Times the live path was re-subscribed after missed probes",
+            live_path_heals.clone(),
+        );
         Self {
             registry,
+            live_path_up,
+            live_path_heals,
             http_requests,
             ws_connections,
             ws_frames_out,

@@ -41,6 +41,11 @@ pub fn user_channel(prefix: &str, user_id: &str) -> String {
     format!("{prefix}:user:{user_id}")
 }
 
+/// A gateway process's own probe channel (its live-path health check).
+pub fn probe_channel(prefix: &str, instance: &str) -> String {
+    format!("{prefix}:probe:{instance}")
+}
+
 /// Generation counter of a cache scope (`conv` or `user`) and id.
 pub fn generation(prefix: &str, scope: &str, id: &str) -> String {
     format!("{prefix}:gen:{scope}:{id}")

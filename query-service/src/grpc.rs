@@ -49,6 +49,12 @@ impl From<QueryError> for Status {
             QueryError::Invalid { field, .. } => {
                 status(Code::InvalidArgument, "validation_failed", msg, Some(field))
             }
+            QueryError::CursorAhead => status(
+                Code::OutOfRange,
+                "cursor_ahead",
+                msg,
+                Some("after_position"),
+            ),
             QueryError::ConversationNotFound => {
                 status(Code::NotFound, "conversation_not_found", msg, None)
             }

@@ -314,6 +314,40 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Creates a group owned by `owner` with `members`, through
+    /// command-service as the gateway would; its conversation id.
+    pub async fn group_direct(&self, owner: &TestUser, members: &[&TestUser]) -> Result<String> {
+        let mut c = self.gateway.state.commands.clone();
+        Ok(c.create_group(gateway::state::as_user(
+            &owner.user_id,
+            proto::command::v1::CreateGroupRequest {
+                title: "g".into(),
+                member_ids: members.iter().map(|m| m.user_id.clone()).collect(),
+            },
+        ))
+        .await?
+        .into_inner()
+        .conversation_id)
+    }
+
+    /// Sends `body` to `conv` as `from` through command-service; its seq.
+    pub async fn send_direct(&self, from: &TestUser, conv: &str, body: &str) -> Result<i64> {
+        let mut c = self.gateway.state.commands.clone();
+        Ok(c.send_message(gateway::state::as_user(
+            &from.user_id,
+            proto::command::v1::SendMessageRequest {
+                conversation_id: conv.into(),
+                client_msg_id: uuid::Uuid::now_v7().to_string(),
+                body: body.into(),
+            },
+        ))
+        .await?
+        .into_inner()
+        .seq)
+    }
+}
+
 /// A WebSocket client over WSS trusting the test CA.
 #[derive(Debug)]
 pub struct WsClient {
@@ -437,6 +471,13 @@ impl WsClient {
     /// Sends a raw text frame (malformed-input tests).
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.stream.send(Message::text(text.to_owned())).await?;
+        Ok(())
+    }
+
+    /// Sends any frame as is: binary, invalid UTF-8 in a text frame's
+    /// place, control frames (fuzzing).
+    pub async fn send_raw(&mut self, message: Message) -> Result<()> {
+        self.stream.send(message).await?;
         Ok(())
     }
 }

@@ -27,32 +27,11 @@ fn req<M>(user: &TestUser, msg: M) -> tonic::Request<M> {
 }
 
 async fn group(p: &Platform, owner: &TestUser, members: &[&TestUser]) -> Result<String> {
-    let mut c = p.gateway.state.commands.clone();
-    Ok(c.create_group(req(
-        owner,
-        cmd::CreateGroupRequest {
-            title: "g".into(),
-            member_ids: members.iter().map(|m| m.user_id.clone()).collect(),
-        },
-    ))
-    .await?
-    .into_inner()
-    .conversation_id)
+    p.group_direct(owner, members).await
 }
 
 async fn send(p: &Platform, from: &TestUser, conv: &str, body: &str) -> Result<i64> {
-    let mut c = p.gateway.state.commands.clone();
-    Ok(c.send_message(req(
-        from,
-        cmd::SendMessageRequest {
-            conversation_id: conv.into(),
-            client_msg_id: uuid::Uuid::now_v7().to_string(),
-            body: body.into(),
-        },
-    ))
-    .await?
-    .into_inner()
-    .seq)
+    p.send_direct(from, conv, body).await
 }
 
 async fn add(p: &Platform, by: &TestUser, conv: &str, who: &TestUser) -> Result<()> {

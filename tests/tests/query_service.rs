@@ -1660,6 +1660,23 @@ async fn the_replay_sends_each_user_the_events_of_their_membership_periods_in_po
         .await?;
     assert!(nothing.events.is_empty());
     assert_eq!((nothing.next_position, nothing.has_more), (head, false));
+    // A cursor at the head is the end of the log; one beyond it was never
+    // given to anyone and is refused, not answered as a valid position.
+    let at_head = replay(&mut c, ann, head, None, None).await?;
+    assert!(at_head.events.is_empty());
+    assert_eq!((at_head.next_position, at_head.has_more), (head, false));
+    for ahead in [head + 1, i64::MAX] {
+        let refused = replay(&mut c, ann, ahead, None, None)
+            .await
+            .err()
+            .and_then(|e| e.downcast::<Status>().ok())
+            .context("a cursor beyond the head must be refused")?;
+        assert_eq!(
+            code_of(&refused),
+            (Code::OutOfRange, "cursor_ahead".into()),
+            "cursor {ahead}"
+        );
+    }
 
     // The projector lags: g is applied up to seq 5, so bob's removal (6)
     // is not in the read models and his period still looks open. The

@@ -210,6 +210,40 @@ mod tests {
         Ok(())
     }
 
+    // Cases per property: proptest's default (256), or PROPTEST_CASES.
+    proptest::proptest! {
+        /// Untrusted bytes: never a panic, never accepted.
+        #[test]
+        fn arbitrary_tokens_are_refused(token in proptest::prelude::any::<String>()) {
+            let tokens = shared_tokens();
+            proptest::prop_assert!(tokens.verify(&token).is_err());
+            let prefixed = format!("v4.public.{token}");
+            proptest::prop_assert!(tokens.verify(&prefixed).is_err());
+        }
+
+        /// Any one byte of a real token changed: refused.
+        #[test]
+        fn any_altered_byte_is_refused(at in 0usize..1000, to in proptest::prelude::any::<u8>()) {
+            let tokens = shared_tokens();
+            let t = tokens.issue(Uuid::nil(), Uuid::nil()).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let mut bytes = t.clone().into_bytes();
+            let i = at % bytes.len();
+            proptest::prop_assume!(bytes[i] != to);
+            bytes[i] = to;
+            if let Ok(altered) = String::from_utf8(bytes) {
+                proptest::prop_assert!(tokens.verify(&altered).is_err());
+            }
+        }
+    }
+
+    fn shared_tokens() -> &'static Tokens {
+        static T: std::sync::OnceLock<Tokens> = std::sync::OnceLock::new();
+        T.get_or_init(|| match Tokens::generate(Duration::from_secs(60)) {
+            Ok(t) => t,
+            Err(e) => panic!("generating a key: {e:#}"),
+        })
+    }
+
     #[test]
     fn key_file_roundtrip() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("gw-key-{}", Uuid::now_v7().simple()));

@@ -23,8 +23,9 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 when Redis, command-service and query-service answer; 503 naming
-/// what does not.
+/// 200 when Redis, command-service and query-service answer and the live
+/// path works (the hub's last probe came back through Redis pub/sub and
+/// the WebSocket dispatch); 503 naming what does not.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let limit = Duration::from_secs(2);
     let redis = tokio::time::timeout(
@@ -37,12 +38,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         serving(state.command_channel.clone(), limit),
         serving(state.query_channel.clone(), limit)
     );
-    let ok = redis && commands && queries;
+    let live_path = state.ws.live_path_up();
+    let ok = redis && commands && queries && live_path;
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
         "redis": redis,
         "command_service": commands,
         "query_service": queries,
+        "live_path": live_path,
     });
     let status = if ok {
         StatusCode::OK

@@ -62,6 +62,18 @@ const TOO_LARGE: CloseReason = CloseReason {
     code: 1009,
     reason: "frame too large",
 };
+const BAD_CURSOR: CloseReason = CloseReason {
+    code: 1008,
+    reason: "cursor ahead of the log",
+};
+const INVALID_TEXT: CloseReason = CloseReason {
+    code: 1007,
+    reason: "text frame is not UTF-8",
+};
+const PROTOCOL_ERROR: CloseReason = CloseReason {
+    code: 1002,
+    reason: "protocol error",
+};
 const TRY_AGAIN: CloseReason = CloseReason {
     code: 1013,
     reason: "try again later",
@@ -109,6 +121,7 @@ pub async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUse
     let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, state.clone()));
     let hub = state.ws.clone();
+    let hub_resyncs = hub.resyncs();
     let (live_tx, live) = mpsc::channel(state.config.ws_queue.max(1));
     let mut conn = Conn {
         id: hub.next_id(),
@@ -126,6 +139,7 @@ pub async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUse
         last_heard: Instant::now(),
         sends: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
         typing_sent: HashMap::new(),
+        resyncs: hub_resyncs,
         state,
     };
     let reason = match conn.run(stream, header_user).await {
@@ -170,6 +184,8 @@ struct Conn {
     last_heard: Instant,
     sends: Arc<Semaphore>,
     typing_sent: HashMap<String, Instant>,
+    /// The hub's resync epochs (the live path came back after trouble).
+    resyncs: watch::Receiver<(u64, i64)>,
 }
 
 impl Conn {
@@ -354,11 +370,16 @@ impl Conn {
             }
         }
         let position = match cursor {
-            Some(c) => self.replay(c, true).await?,
-            None => self.replay(self.hub.head(), false).await?,
+            Some(c) => self.resume(c).await?,
+            None => self.head().await?,
         };
         self.floor = position;
-        self.emit(frames::ready(&uid, position)).await?;
+        self.emit(frames::ready(
+            &uid,
+            position,
+            self.state.config.ws_max_frame_bytes,
+        ))
+        .await?;
         self.presence(true).await;
         Ok(())
     }
@@ -448,16 +469,63 @@ impl Conn {
         }
     }
 
+    /// The head of the log for a socket without a cursor: paged forward
+    /// from the hub's hint without sending anything.
+    async fn head(&mut self) -> Result<i64, CloseReason> {
+        match self.replay(self.hub.head(), false).await {
+            // The hint only ever holds positions query-service or the
+            // projector vouched for, so this means the log itself went back
+            // (a restored database): start over from its beginning.
+            Err(Replay::CursorAhead) => {
+                tracing::warn!(
+                    hint = self.hub.head(),
+                    "head hint beyond the log; resetting it"
+                );
+                self.hub.reset_head();
+                match self.replay(0, false).await {
+                    Ok(p) => Ok(p),
+                    Err(Replay::CursorAhead) => Err(TRY_AGAIN),
+                    Err(Replay::Closed(r)) => Err(r),
+                }
+            }
+            Err(Replay::Closed(r)) => Err(r),
+            Ok(p) => Ok(p),
+        }
+    }
+
+    /// Pages the replay from the client's cursor `from`, sending the frames.
+    async fn resume(&mut self, from: i64) -> Result<i64, CloseReason> {
+        match self.replay(from, true).await {
+            Ok(p) => Ok(p),
+            // Never a position anyone was given: refused, and it never
+            // reaches the hub's head hint (where it would become every
+            // later socket's starting point).
+            Err(Replay::CursorAhead) => {
+                self.emit(frames::error_frame(
+                    "cursor_ahead",
+                    "the cursor is beyond the head of the event log; reconnect without a cursor",
+                    None,
+                ))
+                .await?;
+                Err(BAD_CURSOR)
+            }
+            Err(Replay::Closed(r)) => Err(r),
+        }
+    }
+
     /// Pages the replay from `from`; sends the frames when `deliver`.
     /// Returns the last `next_position`.
-    async fn replay(&mut self, from: i64, deliver: bool) -> Result<i64, CloseReason> {
+    async fn replay(&mut self, from: i64, deliver: bool) -> Result<i64, Replay> {
         let mut after = from;
         let mut pages = 0;
         let deadline = Instant::now() + PROJECTION_WAIT;
         loop {
             let page = match self.list_events(after).await {
                 Ok(p) => p,
-                Err(status) => return Err(self.upstream_failed(status).await),
+                Err(status) if status.code() == tonic::Code::OutOfRange => {
+                    return Err(Replay::CursorAhead)
+                }
+                Err(status) => return Err(self.upstream_failed(status).await.into()),
             };
             if deliver {
                 for ev in page.events {
@@ -485,11 +553,13 @@ impl Conn {
                         None,
                     ))
                     .await?;
-                    return Err(TRY_AGAIN);
+                    return Err(TRY_AGAIN.into());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        // Every page was answered for a position at or below the head
+        // (query-service refuses one beyond it), so `after` is a real one.
         self.hub.saw(after);
         Ok(after)
     }
@@ -550,6 +620,50 @@ impl Conn {
         }
     }
 
+    /// Replays from `from` as if each frame arrived live (deduplicated by
+    /// `seq`, membership changes applied): what pub/sub lost while the
+    /// hub's live path was down. Best effort, like [`Self::catch_up`].
+    async fn resync(&mut self, from: i64) -> Step {
+        let mut after = from.max(self.floor);
+        let deadline = Instant::now() + PROJECTION_WAIT;
+        loop {
+            let page = match self.list_events(after).await {
+                Ok(p) => p,
+                Err(status) => {
+                    tracing::warn!(error = %status, "WebSocket resync failed");
+                    return Ok(());
+                }
+            };
+            for ev in page.events {
+                let Some(info) = super::hub::parse_frame(&ev.frame_json) else {
+                    continue;
+                };
+                // A replayed creation is about the user (they are in it);
+                // other membership events say so by their subject.
+                let source = match &info {
+                    Info::Event(e) if e.event_type == "ConversationCreated" => Source::User,
+                    _ => Source::Conv,
+                };
+                let live = Live {
+                    source,
+                    info,
+                    text: Utf8Bytes::from(ev.frame_json),
+                };
+                self.on_live(&live).await?;
+            }
+            after = after.max(page.next_position);
+            if !page.has_more {
+                return Ok(());
+            }
+            if page.waiting_for_projection {
+                if Instant::now() > deadline {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// The main loop after `ready`.
     async fn serve(&mut self, mut stream: SplitStream<WebSocket>) -> Step {
         let ping_every = Duration::from_secs(self.state.config.ws_ping_secs.max(1));
@@ -567,6 +681,7 @@ impl Conn {
                 () = tokio::time::sleep_until(idle_at) => return Err(IDLE),
                 m = stream.next() => Wake::Client(m),
                 Some(live) = self.live.recv() => Wake::Live(live),
+                Ok(()) = self.resyncs.changed() => Wake::Resync,
                 _ = ping.tick() => Wake::Ping,
                 _ = presence.tick() => Wake::Presence,
             };
@@ -584,6 +699,10 @@ impl Conn {
                     }
                 }
                 Wake::Presence => self.presence(true).await,
+                Wake::Resync => {
+                    let from = self.resyncs.borrow_and_update().1;
+                    self.resync(from).await?;
+                }
             }
         }
     }
@@ -837,10 +956,25 @@ impl Conn {
     }
 }
 
+/// Why a replay stopped short.
+enum Replay {
+    /// query-service refused the start position: beyond the head.
+    CursorAhead,
+    /// The socket is to close with this reason (the client was told why).
+    Closed(CloseReason),
+}
+
+impl From<CloseReason> for Replay {
+    fn from(r: CloseReason) -> Self {
+        Self::Closed(r)
+    }
+}
+
 /// What woke the main loop.
 enum Wake {
     Client(Option<Result<Message, axum::Error>>),
     Live(Arc<Live>),
+    Resync,
     Ping,
     Presence,
 }
@@ -853,11 +987,17 @@ async fn shutting_down(rx: &mut watch::Receiver<bool>) {
 }
 
 /// The close reason for a read error: 1009 when the frame exceeded the
-/// codec's hard limit, else the socket is gone.
+/// codec's hard limit, 1007 for a text frame that is not UTF-8 and 1002
+/// for another protocol violation (RFC 6455 §7.4.1), else the socket is
+/// gone.
 fn stream_error(e: &axum::Error) -> CloseReason {
     let text = e.to_string().to_ascii_lowercase();
     if text.contains("too long") || text.contains("space limit") || text.contains("too big") {
         TOO_LARGE
+    } else if text.contains("utf-8") {
+        INVALID_TEXT
+    } else if text.contains("protocol error") {
+        PROTOCOL_ERROR
     } else {
         tracing::debug!(error = %e, "WebSocket read failed");
         GONE

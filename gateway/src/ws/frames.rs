@@ -109,7 +109,7 @@ pub fn error_frame(code: &str, detail: &str, client_msg_id: Option<&str>) -> Str
 
 /// Parses a text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
-    let value: Value = crate::extract::parse_json(text.as_bytes())
+    let value: Value = crate::extract::parse_json_text(text)
         .map_err(|e| FrameError::new("malformed_frame", e.problem().detail.unwrap_or_default()))?;
     let Some(obj) = value.as_object() else {
         return Err(FrameError::new(
@@ -130,6 +130,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         .get("client_msg_id")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // U+0000 anywhere: refused like any invalid field, echoing the
+    // `client_msg_id` of a send.
+    if text.contains("\\u0000") {
+        if let Err(e) = crate::extract::refuse_nul(&value) {
+            let echo = client_msg_id.clone().filter(|_| kind == "send");
+            return Err(FrameError::from_api(&e, echo));
+        }
+    }
     let mut fields = obj.clone();
     fields.remove("type");
     let fields = Value::Object(fields);
@@ -165,9 +173,19 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     }
 }
 
-/// `{"type":"ready","user_id","cursor"}`.
-pub fn ready(user_id: &str, cursor: i64) -> String {
-    json!({"type": "ready", "user_id": user_id, "cursor": cursor.to_string()}).to_string()
+/// `{"type":"ready","user_id","cursor","max_frame_bytes"}`: API.md's
+/// frame, extended with the largest client frame the server reads (a
+/// larger one gets a `frame_too_large` error frame, one beyond the codec's
+/// hard limit closes the socket with 1009), so clients learn the limit
+/// where they read everything else.
+pub fn ready(user_id: &str, cursor: i64, max_frame_bytes: usize) -> String {
+    json!({
+        "type": "ready",
+        "user_id": user_id,
+        "cursor": cursor.to_string(),
+        "max_frame_bytes": max_frame_bytes,
+    })
+    .to_string()
 }
 
 /// `{"type":"ack","client_msg_id","message_id","seq"}`.
@@ -210,6 +228,105 @@ mod tests {
         match bad_cursor {
             Ok(ClientFrame::Hello(h)) => assert!(h.position().is_err()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// JSON values of any shape, nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<String>().prop_map(Value::String),
+            Just(json!("hello")),
+            Just(json!("send")),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_owned()),
+                        Just("cursor".to_owned()),
+                        Just("body".to_owned()),
+                        Just("conversation_id".to_owned()),
+                        Just("client_msg_id".to_owned()),
+                        Just("access_token".to_owned()),
+                        any::<String>(),
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Arbitrary text: parsed or refused with an error frame, never a
+        /// panic; a refusal is valid JSON with a code.
+        #[test]
+        fn any_text_is_parsed_or_refused(text in any::<String>()) {
+            if let Err(e) = parse(&text) {
+                let frame: Value = serde_json::from_str(&e.to_json()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&frame["type"], "error");
+                prop_assert!(frame["code"].is_string());
+            }
+        }
+
+        /// Arbitrary JSON documents, and each frame type with arbitrary
+        /// fields: the same.
+        #[test]
+        fn any_json_is_parsed_or_refused(
+            v in json_value(),
+            kind in prop_oneof![Just("hello"), Just("send"), Just("typing"), Just("ping")],
+        ) {
+            let _ = parse(&v.to_string());
+            let mut obj = v.as_object().cloned().unwrap_or_default();
+            obj.insert("type".into(), json!(kind));
+            if let Ok(ClientFrame::Hello(h)) = parse(&Value::Object(obj).to_string()) {
+                // A cursor is a non-negative position or refused.
+                if let Ok(Some(p)) = h.position() {
+                    prop_assert!(p >= 0);
+                }
+            }
+        }
+
+        /// Every non-negative position round-trips as string and number;
+        /// every negative one is refused.
+        #[test]
+        fn cursors_are_positions(p in any::<i64>()) {
+            for cursor in [json!(p.to_string()), json!(p)] {
+                let h = Hello { access_token: None, cursor: Some(cursor) };
+                if p >= 0 {
+                    prop_assert_eq!(h.position().ok(), Some(Some(p)));
+                } else {
+                    prop_assert!(h.position().is_err());
+                }
+            }
+        }
+
+        /// A well-formed send parses to exactly its fields.
+        #[test]
+        fn sends_round_trip(conversation_id in any::<String>(), client_msg_id in any::<String>(), body in any::<String>()) {
+            let text = json!({"type": "send", "conversation_id": conversation_id, "client_msg_id": client_msg_id, "body": body}).to_string();
+            match parse(&text) {
+                Ok(ClientFrame::Send(s)) => {
+                    prop_assert_eq!(s.conversation_id, conversation_id);
+                    prop_assert_eq!(s.client_msg_id, client_msg_id);
+                    prop_assert_eq!(s.body, body);
+                }
+                // U+0000 is refused at the edge, naming the field.
+                Err(e) => prop_assert!(
+                    e.code == "validation_failed"
+                        && (conversation_id.contains('\0') || client_msg_id.contains('\0') || body.contains('\0')),
+                    "{:?}", e
+                ),
+                Ok(other) => prop_assert!(false, "{:?}", other),
+            }
         }
     }
 }

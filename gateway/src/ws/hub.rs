@@ -25,15 +25,32 @@
 //!   reconnect; frames published meanwhile are lost to pub/sub, and the
 //!   sockets repair such gaps from query-service when the next frame of the
 //!   conversation shows a jump in `seq`.
+//! - *probe* proves the live path end to end: every
+//!   `GATEWAY_LIVE_PROBE_MS` it publishes a token (through the same Redis
+//!   as the projector's frames) on this process's `{p}:probe:{instance}`
+//!   channel, which is in the registry like any socket's channel, and
+//!   waits for dispatch to see it. A missed probe marks the live path down
+//!   (`/readyz` answers 503, `gateway_live_path_up` is 0); two in a row
+//!   heal it: every registry channel is subscribed again (the registry is
+//!   the truth, whatever the connection or fred believe), after a forced
+//!   reconnection if the subscriber is not connected.
+//! - *resync*: whenever the path comes back (a probe succeeds after a
+//!   miss, or after fred reported a reconnect), the hub publishes a new
+//!   resync epoch with the head it had seen at the last good probe before
+//!   the trouble; every socket then replays from there through the same
+//!   path as a live frame (deduplicated by `seq`, membership changes
+//!   applied). Frames lost to pub/sub while the path was down therefore
+//!   arrive without waiting for the conversation's next frame to reveal
+//!   the gap.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
-use fred::clients::SubscriberClient;
+use fred::clients::{Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, ReconnectPolicy};
 use serde::Deserialize;
@@ -221,6 +238,21 @@ pub struct Hub {
     /// Identifies this process's sockets in presence sets.
     pub instance: Uuid,
     metrics: Arc<Metrics>,
+    /// `{p}:probe:{instance}`.
+    probe_channel: String,
+    /// The highest probe token dispatch has seen.
+    probe_seen: watch::Sender<u64>,
+    /// Whether the last probe came back in time.
+    live_up: AtomicBool,
+    /// Set by [`Hub::quit`]: the probe stops (and never reconnects).
+    stopped: AtomicBool,
+    /// The head as of the last good probe while nothing was wrong: frames
+    /// up to it were delivered.
+    mark: AtomicI64,
+    /// fred reconnected the subscriber since the last good probe.
+    reconnected: AtomicBool,
+    /// (epoch, replay from): bumped when the live path comes back.
+    resync: watch::Sender<(u64, i64)>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -233,9 +265,13 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Connects the subscriber and starts the dispatch and subscription
-    /// tasks.
-    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+    /// Connects the subscriber and starts the dispatch, subscription and
+    /// probe tasks; `publisher` sends the probes.
+    pub async fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        publisher: Pool,
+    ) -> anyhow::Result<Arc<Self>> {
         let redis_config =
             fred::prelude::Config::from_url(&config.redis_url).context("parsing the Redis URL")?;
         let subscriber = Builder::from_config(redis_config)
@@ -246,6 +282,9 @@ impl Hub {
             })
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(2);
+                // Named in CLIENT LIST, so an operator (or a test) can tell
+                // which connection carries a gateway's live path.
+                c.auto_client_setname = true;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_subscriber_client()
@@ -256,6 +295,7 @@ impl Hub {
             .context("connecting the Redis subscriber")?;
         let _resubscriber = subscriber.manage_subscriptions();
         let (changed, changes) = mpsc::unbounded_channel();
+        let instance = Uuid::now_v7();
         let hub = Arc::new(Self {
             prefix: config.redis_prefix.clone(),
             subscriber,
@@ -263,16 +303,40 @@ impl Hub {
             changed,
             head: AtomicI64::new(0),
             next_id: AtomicU64::new(1),
-            instance: Uuid::now_v7(),
+            instance,
             metrics,
+            probe_channel: infra::keys::probe_channel(&config.redis_prefix, &instance.to_string()),
+            probe_seen: watch::channel(0).0,
+            live_up: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            mark: AtomicI64::new(0),
+            reconnected: AtomicBool::new(false),
+            resync: watch::channel((0, 0)).0,
         });
+        // The probe channel is a registry entry without sockets: subscribed
+        // (and re-subscribed) like theirs, never unsubscribed.
+        hub.registry().insert(
+            hub.probe_channel.clone(),
+            Entry {
+                listeners: HashMap::new(),
+                ready: watch::channel(false).0,
+            },
+        );
+        let _ = hub.changed.send(hub.probe_channel.clone());
         tokio::spawn(dispatch(Arc::downgrade(&hub), hub.subscriber.message_rx()));
+        tokio::spawn(reconnects(
+            Arc::downgrade(&hub),
+            hub.subscriber.reconnect_rx(),
+        ));
         tokio::spawn(subscriptions(Arc::downgrade(&hub), changes));
+        let every = Duration::from_millis(config.live_probe_ms.max(50));
+        tokio::spawn(probe(Arc::downgrade(&hub), publisher, every));
         Ok(hub)
     }
 
     /// Unsubscribes and closes the subscriber connection.
     pub async fn quit(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         let _ = self.subscriber.unsubscribe_all().await;
         let _ = self.subscriber.quit().await;
     }
@@ -292,9 +356,16 @@ impl Hub {
         self.head.load(Ordering::Relaxed)
     }
 
-    /// Raises the head hint.
+    /// Raises the head hint. Only positions that exist may come here: live
+    /// frames (published by the projector) and replay positions that
+    /// query-service answered; never a client's cursor as given.
     pub fn saw(&self, position: i64) {
         self.head.fetch_max(position, Ordering::Relaxed);
+    }
+
+    /// Forgets the head hint (it was found beyond the log).
+    pub fn reset_head(&self) {
+        self.head.store(0, Ordering::Relaxed);
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -334,7 +405,90 @@ impl Hub {
 
     /// Number of channels with local listeners (tests, metrics).
     pub fn channel_count(&self) -> usize {
-        self.registry().len()
+        self.registry()
+            .values()
+            .filter(|e| !e.listeners.is_empty())
+            .count()
+    }
+
+    /// Whether the last probe went through Redis and dispatch in time.
+    pub fn live_path_up(&self) -> bool {
+        self.live_up.load(Ordering::Relaxed)
+    }
+
+    /// Drops every Redis subscription behind the hub's back, as a broken
+    /// subscriber connection or a lost `SUBSCRIBE` would; the registry is
+    /// untouched. For tests of the probe's detection and healing.
+    #[doc(hidden)]
+    pub async fn break_subscriptions(&self) -> anyhow::Result<()> {
+        self.subscriber.unsubscribe_all().await?;
+        Ok(())
+    }
+
+    /// The subscriber connection's `CLIENT SETNAME` name.
+    pub fn subscriber_name(&self) -> &str {
+        self.subscriber.id()
+    }
+
+    /// Subscribes every registry channel again, reconnecting first if the
+    /// subscriber is not connected.
+    async fn heal(&self) {
+        self.metrics.live_path_heals.inc();
+        if !self.subscriber.is_connected() {
+            if let Err(e) = self.subscriber.force_reconnection().await {
+                tracing::warn!(error = %e, "reconnecting the live subscriber failed");
+            }
+        }
+        let channels: Vec<String> = self.registry().keys().cloned().collect();
+        for batch in channels.chunks(1000) {
+            if let Err(e) = self.subscriber.subscribe(batch.to_vec()).await {
+                tracing::warn!(error = %e, "re-subscribing the live channels failed");
+                return;
+            }
+        }
+        tracing::info!(channels = channels.len(), "live path re-subscribed");
+    }
+
+    /// Resync epochs: a new value means "replay from this position".
+    pub fn resyncs(&self) -> watch::Receiver<(u64, i64)> {
+        self.resync.subscribe()
+    }
+
+    /// Records a probe's outcome. After trouble (a miss, or a reconnect
+    /// reported meanwhile), the first good probe asks every socket to
+    /// replay from the mark; otherwise a good probe moves the mark.
+    fn probed(&self, up: bool, ever_up: bool) {
+        let was_up = self.live_up.load(Ordering::Relaxed);
+        self.set_live_up(up);
+        if !up {
+            return;
+        }
+        let reconnected = self.reconnected.swap(false, Ordering::Relaxed);
+        if ever_up && (reconnected || !was_up) {
+            let from = self.mark.load(Ordering::Relaxed);
+            self.resync.send_modify(|(epoch, at)| {
+                *epoch += 1;
+                *at = from;
+            });
+            tracing::info!(
+                from,
+                "live path back; sockets replay what pub/sub may have lost"
+            );
+        } else {
+            self.mark.store(self.head(), Ordering::Relaxed);
+        }
+    }
+
+    fn set_live_up(&self, up: bool) {
+        let was = self.live_up.swap(up, Ordering::Relaxed);
+        self.metrics.live_path_up.set(i64::from(up));
+        if was != up {
+            if up {
+                tracing::info!("live path up");
+            } else {
+                tracing::warn!("live path down: a probe did not come back");
+            }
+        }
     }
 
     fn deliver(&self, channel: &str, payload: &str) {
@@ -348,6 +502,17 @@ impl Hub {
             Source::User
         } else if rest.starts_with("revoked:") {
             self.revoke(channel, payload.trim());
+            return;
+        } else if channel == self.probe_channel {
+            if let Ok(n) = payload.parse::<u64>() {
+                self.probe_seen.send_if_modified(|seen| {
+                    let newer = n > *seen;
+                    if newer {
+                        *seen = n;
+                    }
+                    newer
+                });
+            }
             return;
         } else {
             return;
@@ -417,6 +582,25 @@ async fn dispatch(
                     lost = n,
                     "the live dispatch lagged; sockets repair gaps by seq"
                 );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Notes fred's reconnections of the subscriber (pub/sub may have lost
+/// frames meanwhile) for the probe to act on.
+async fn reconnects(
+    hub: std::sync::Weak<Hub>,
+    mut rx: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.reconnected.store(true, Ordering::Relaxed);
+                tracing::info!("live subscriber reconnected");
             }
             Err(RecvError::Closed) => return,
         }
@@ -506,6 +690,42 @@ async fn subscriptions(hub: std::sync::Weak<Hub>, mut changes: mpsc::UnboundedRe
     }
 }
 
+/// Publishes a probe every `every` and waits (as long) for dispatch to see
+/// it; marks the live path up or down, heals it after two misses.
+async fn probe(hub: std::sync::Weak<Hub>, publisher: Pool, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut token = 0u64;
+    let mut misses = 0u32;
+    let mut ever_up = false;
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        token += 1;
+        let mut seen = hub.probe_seen.subscribe();
+        let channel = hub.probe_channel.clone();
+        let round_trip = async {
+            let _: i64 = publisher.next().publish(channel, token.to_string()).await?;
+            let _ = seen.wait_for(|s| *s >= token).await;
+            Ok::<(), fred::error::Error>(())
+        };
+        let up = matches!(tokio::time::timeout(every, round_trip).await, Ok(Ok(())));
+        if hub.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        hub.probed(up, ever_up);
+        ever_up |= up;
+        misses = if up { 0 } else { misses + 1 };
+        if misses >= 2 {
+            hub.heal().await;
+            misses = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +754,46 @@ mod tests {
         assert!(k.fire(SLOW_CONSUMER));
         assert!(!k.fire(REVOKED));
         assert_eq!(k.fired().await, SLOW_CONSUMER);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a channel carries, parsing never panics.
+        #[test]
+        fn any_payload_parses_or_is_ignored(text in any::<String>()) {
+            let _ = parse_frame(&text);
+        }
+
+        /// A projector frame parses to its own fields.
+        #[test]
+        fn event_frames_round_trip(
+            position in 0i64..i64::MAX,
+            seq in any::<i64>(),
+            conversation_id in any::<String>(),
+            event_type in any::<String>(),
+            subject in proptest::option::of(any::<String>()),
+        ) {
+            let mut data = serde_json::json!({});
+            if let Some(s) = &subject {
+                data["user_id"] = serde_json::json!(s);
+            }
+            let text = serde_json::json!({
+                "type": "event",
+                "cursor": position.to_string(),
+                "event": {"conversation_id": conversation_id, "seq": seq, "event_type": event_type, "data": data},
+            })
+            .to_string();
+            match parse_frame(&text) {
+                Some(Info::Event(e)) => {
+                    prop_assert_eq!(e.position, position);
+                    prop_assert_eq!(e.seq, seq);
+                    prop_assert_eq!(e.conversation_id, conversation_id);
+                    prop_assert_eq!(e.event_type, event_type);
+                    prop_assert_eq!(e.subject, subject);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
     }
 }

@@ -27,6 +27,9 @@
 //! | 1001 | `server shutting down` | graceful shutdown |
 //! | 1008 | `slow consumer` | the outbound queue (`GATEWAY_WS_QUEUE` frames) overflowed; reconnect with the last cursor |
 //! | 1008 | `hello required` | the first frame was not a valid `hello` |
+//! | 1002 | `protocol error` | a WebSocket protocol violation (RFC 6455) |
+//! | 1007 | `text frame is not UTF-8` | a text frame whose payload is not UTF-8 |
+//! | 1008 | `cursor ahead of the log` | `hello.cursor` beyond the head of the event log (after an error frame `cursor_ahead`): reconnect without a cursor |
 //! | 1009 | `frame too large` | a frame beyond the hard limit (4 × `GATEWAY_WS_MAX_FRAME_BYTES`, at least 64 KiB); frames above `GATEWAY_WS_MAX_FRAME_BYTES` but under it get an error frame and the socket stays open |
 //! | 1013 | `try again later` | query-service unavailable during hello/resume |
 //! | 4401 | `unauthenticated` / `session revoked` | authentication failed, or the session was revoked (logout, password change) while the socket was open |
@@ -46,6 +49,7 @@ pub mod conn;
 pub mod frames;
 pub mod hub;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -53,6 +57,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::auth::{authenticate, bearer};
+use crate::error::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -75,7 +80,17 @@ pub fn hard_frame_limit(max_frame_bytes: usize) -> usize {
 /// reads.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-async fn upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(state): State<AppState>,
+    parts: Parts,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // A plain GET (no `Upgrade: websocket`, a bad key or version) gets a
+    // problem document like every other refusal, not axum's text/plain.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return ApiError::UpgradeRequired(rejection.body_text()).into_response(),
+    };
     let header_user = match bearer(&parts) {
         Some(token) => match authenticate(&state, token).await {
             Ok(user) => Some(user),

@@ -265,6 +265,11 @@ impl Reads {
     /// `has_more` is false (pausing while waiting), then forwards live
     /// frames with a cursor above the last replayed one, misses nothing and
     /// repeats nothing.
+    ///
+    /// A cursor beyond the head of the log is refused
+    /// ([`QueryError::CursorAhead`]): no client was ever given one, and
+    /// answering it with an empty page would make it a valid starting
+    /// point that never sees an event.
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn replay(
         &self,
@@ -283,6 +288,9 @@ impl Reads {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
             .fetch_one(&self.pool)
             .await?;
+        if after_position > head {
+            return Err(QueryError::CursorAhead);
+        }
         let end = match up_to_position.filter(|p| *p > 0) {
             Some(p) => p.min(head),
             None => head,

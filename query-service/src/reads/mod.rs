@@ -29,6 +29,12 @@ pub enum QueryError {
     /// INVALID_ARGUMENT `validation_failed`: malformed id, cursor or bounds.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// OUT_OF_RANGE `cursor_ahead`: a replay cursor beyond the head of the
+    /// log. No position a client was ever given lies there, so it is
+    /// refused rather than waited for (a hostile cursor must not become
+    /// anyone's starting point).
+    #[error("the cursor is beyond the head of the event log")]
+    CursorAhead,
     /// NOT_FOUND `conversation_not_found`: unknown, or not visible to the caller.
     #[error("conversation not found")]
     ConversationNotFound,

@@ -71,6 +71,12 @@ impl Reads {
                 format!("must have 1 to {MAX_PREFIX_CHARS} characters"),
             ));
         }
+        if prefix.contains('\0') {
+            return Err(QueryError::invalid(
+                "username_prefix",
+                "must not contain the NUL character (U+0000)",
+            ));
+        }
         let limit = page_limit(limit, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)?;
         // Usernames are stored lower-case. The range on the pattern
         // operators uses the text_pattern_ops index even in a generic
