@@ -257,6 +257,18 @@ async fn push_reaches_offline_members_only_encrypted_and_signed() -> Result<()> 
 
     let got = s.push.received_by(&bob_token);
     ensure!(got.len() == 2, "bob got {} pushes", got.len());
+    // In order: with one Topic per conversation the push service keeps the
+    // last push it received, so "second" must arrive after "first".
+    let order: Vec<Option<i64>> = got
+        .iter()
+        .map(|r| r.payload.as_ref().and_then(|p| p["seq"].as_i64()))
+        .collect();
+    ensure!(
+        order == [Some(m1.seq), Some(m2.seq)],
+        "bob's pushes arrived as seqs {order:?}, not first ({}) then second ({})",
+        m1.seq,
+        m2.seq
+    );
     for (r, m) in got.iter().zip([&m1, &m2]) {
         ensure!(r.problems.is_empty(), "push problems: {:?}", r.problems);
         ensure!(r.status == 201);
@@ -304,6 +316,86 @@ async fn push_reaches_offline_members_only_encrypted_and_signed() -> Result<()> 
         })
         .await?;
     let _ = redis.quit().await;
+    s.stop().await
+}
+
+/// Pushes of one conversation reach each subscription in the conversation's
+/// order, all of them, once each: a burst into a group (four members, one
+/// with two browsers) interleaved with a direct conversation of one member,
+/// while the push service answers every request after a random delay (so
+/// concurrent requests overtake each other). Lanes (subscription,
+/// conversation) go in parallel; within one, a push leaves only after the
+/// previous one was answered.
+#[tokio::test]
+async fn pushes_arrive_in_conversation_order_per_subscription() -> Result<()> {
+    let s = Stack::start(&[]).await?;
+    let c = &s.svc.commands;
+    let mut client = s.client().await?;
+    s.push.set_jitter(Duration::from_millis(25));
+    let (owner, _) = register(c, "own").await?;
+    let mut members = Vec::new();
+    // Each member's tokens.
+    let mut tokens: Vec<Vec<String>> = Vec::new();
+    for i in 0..4 {
+        let (u, _) = register(c, &format!("m{i}")).await?;
+        let mut mine = Vec::new();
+        for _ in 0..if i == 0 { 2 } else { 1 } {
+            let sub = s.push.subscribe()?;
+            subscribe(&mut client, u, &sub).await?;
+            mine.push(sub.token.clone());
+        }
+        tokens.push(mine);
+        members.push(u);
+    }
+    let conv = group(c, owner, "Order", &members).await?;
+    let direct = c
+        .open_direct(owner, &members[0].to_string(), &meta(owner))
+        .await?
+        .0
+        .to_string();
+    // The seqs sent per conversation, in sending order.
+    let mut sent: HashMap<String, Vec<i64>> = HashMap::new();
+    for i in 0..48 {
+        let to = if i % 4 == 3 { &direct } else { &conv };
+        let m = send(c, owner, to, &format!("burst {i}")).await?;
+        sent.entry(to.clone()).or_default().push(m.seq);
+    }
+    // What each (token, conversation) lane must receive, in this order.
+    let mut expected: HashMap<(String, String), Vec<i64>> = HashMap::new();
+    for (i, mine) in tokens.iter().enumerate() {
+        for t in mine {
+            expected.insert((t.clone(), conv.clone()), sent[&conv].clone());
+            if i == 0 {
+                expected.insert((t.clone(), direct.clone()), sent[&direct].clone());
+            }
+        }
+    }
+    let total: usize = expected.values().map(Vec::len).sum();
+    s.push
+        .wait_for(WAIT, "every push of the burst", |r| r.len() >= total)
+        .await?;
+    wait_pushes_final(s.pool()).await?;
+    let mut got: HashMap<(String, String), Vec<i64>> = HashMap::new();
+    for r in s.push.received() {
+        ensure!(r.problems.is_empty(), "push problems: {:?}", r.problems);
+        ensure!(r.status == 201, "status {}", r.status);
+        let p = r.payload.as_ref().context("no payload")?;
+        let conversation = p["conversation_id"].as_str().context("conversation_id")?;
+        let seq = p["seq"].as_i64().context("seq")?;
+        got.entry((r.token.clone(), conversation.to_owned()))
+            .or_default()
+            .push(seq);
+    }
+    for (lane, seqs) in &got {
+        ensure!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "lane {lane:?} received seqs out of order: {seqs:?}"
+        );
+    }
+    ensure!(
+        got == expected,
+        "received per lane {got:?}, expected {expected:?}"
+    );
     s.stop().await
 }
 
