@@ -129,7 +129,8 @@ pub struct Config {
     pub push_backoff_max_ms: u64,
     /// How long a claimed push belongs to the instance that claimed it,
     /// seconds; after that another instance (or this one after a restart)
-    /// sends it again. Longer than the request timeout.
+    /// sends it again. At least the request timeout plus one second (a
+    /// shorter lease is raised to that, with a warning).
     #[arg(long, env = "NOTIFIER_PUSH_LEASE_SECS", default_value_t = 60)]
     pub push_lease_secs: u64,
     /// PEM file of extra CA certificates trusted for push services (besides

@@ -9,7 +9,8 @@
 //!   conversation up to the message (membership comes from
 //!   `rm_member_periods`, exact *as of the message's sequence* whatever the
 //!   projector did since), then queue one `push_deliveries` row per
-//!   subscription of every push recipient and one `digest_items` row per
+//!   subscription of every push recipient (with the message's `seq`: the
+//!   order of its lane, see [`crate::push`]) and one `digest_items` row per
 //!   email recipient, `ON CONFLICT DO NOTHING`: the dedupe records;
 //! - `ReadMarkerMoved` → drop the reader's digest items up to the marker;
 //! - anything else → nothing.
@@ -373,8 +374,8 @@ impl Live {
             if !ids.is_empty() {
                 let payload = self.payload(conn, msg).await?;
                 pushed = sqlx::query(
-                    "INSERT INTO push_deliveries (message_id, subscription_id, user_id, conversation_id, origin, payload) \
-                     SELECT $1, x.s, x.u, $2, x.o, $3 FROM UNNEST($4::uuid[], $5::uuid[], $6::text[]) AS x(s, u, o) \
+                    "INSERT INTO push_deliveries (message_id, subscription_id, user_id, conversation_id, seq, origin, payload) \
+                     SELECT $1, x.s, x.u, $2, $7, x.o, $3 FROM UNNEST($4::uuid[], $5::uuid[], $6::text[]) AS x(s, u, o) \
                      ON CONFLICT (message_id, subscription_id) DO NOTHING",
                 )
                 .bind(msg.message_id)
@@ -383,6 +384,7 @@ impl Live {
                 .bind(&ids)
                 .bind(&users)
                 .bind(&origins)
+                .bind(msg.seq)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();

@@ -17,7 +17,8 @@
 //!    `digest_items` row per (message, email recipient), both
 //!    `ON CONFLICT DO NOTHING`. Then it commits the Kafka offsets. A
 //!    redelivered record therefore queues nothing twice.
-//! 3. [`push`] claims due rows per push-service origin, encrypts
+//! 3. [`push`] claims due rows per push-service origin, one at a time per
+//!    lane (subscription, conversation) in the conversation's order, encrypts
 //!    ([`webpush`]: RFC 8291 `aes128gcm`, RFC 8292 VAPID), posts with RFC
 //!    8030 `TTL`, `Urgency` and a per-conversation `Topic`, and records the
 //!    outcome (404/410 delete the subscription; 429/5xx retry with backoff
@@ -201,19 +202,33 @@ impl Application {
             wake_digest: wake_digest.clone(),
             stats: stats.clone(),
         };
+        // A request still in flight when its lease ends would race its own
+        // repeat (and could land after the next push of its lane): the
+        // lease outlasts the request timeout.
+        let push_timeout = Duration::from_millis(config.push_timeout_ms);
+        let mut push_lease = Duration::from_secs(config.push_lease_secs.max(1));
+        let min_lease = push_timeout + Duration::from_secs(1);
+        if push_lease < min_lease {
+            tracing::warn!(
+                lease_secs = config.push_lease_secs,
+                timeout_ms = config.push_timeout_ms,
+                "the push lease is not longer than the push timeout; raised to the timeout plus 1 s"
+            );
+            push_lease = min_lease;
+        }
         let push = PushWorker {
             pool: pool.clone(),
             http,
             vapid: vapid.clone(),
             settings: PushSettings {
                 ttl_secs: config.push_ttl_secs,
-                timeout: Duration::from_millis(config.push_timeout_ms),
+                timeout: push_timeout,
                 per_origin: config.push_per_origin.max(1),
                 concurrency: config.push_concurrency.max(1),
                 max_attempts: config.push_max_attempts.max(1),
                 backoff: Duration::from_millis(config.push_backoff_ms),
                 backoff_max: Duration::from_millis(config.push_backoff_max_ms),
-                lease: Duration::from_secs(config.push_lease_secs.max(1)),
+                lease: push_lease,
                 poll: config.poll(),
                 subject: config.vapid_subject.clone(),
             },

@@ -7,12 +7,37 @@
 //! sends each in its own task with a timeout. So a slow or dead push service
 //! holds at most `push_per_origin` requests and never delays the others.
 //!
+//! # Order: one lane, one request at a time
+//!
+//! The `Topic` of a push is its conversation, and a push service keeps only
+//! the last push it received per topic: an older message arriving after a
+//! newer one would replace it on the lock screen. So the pushes of one
+//! conversation to one subscription, a *lane* (`subscription_id`,
+//! `conversation_id`), leave in the conversation's order (`seq`, then
+//! `message_id`), one at a time: a row is claimed only when no earlier row
+//! of its lane is `pending` or `sending`. Different lanes still go in
+//! parallel. The price: a lane's next push waits for the previous answer,
+//! and a lane whose first row backs off (429, 5xx, timeout) waits with it
+//! until it is sent or, after `push_max_attempts`, failed and
+//! dead-lettered; a 404/410 closes every row of the subscription. (A
+//! deferred first row parks the rest of its lane until its next attempt,
+//! so a long backoff does not make every claim wade through the lane.)
+//! Recording an answer is fenced on its claim (`sending` with the claim's
+//! `attempts`): an answer to a claim whose lease ended and whose row was
+//! claimed again records nothing, so it cannot open the lane while the
+//! row's newer claim is in flight. The lease must outlast the request
+//! timeout (the notifier raises it to the timeout plus a second): a request
+//! still in flight when its lease ends would race its own repeat.
+//!
 //! Full rounds (every origin with due rows) run when the consumer queues
 //! work and every poll interval. Between them, answers free room only for
 //! their own origin, which is refilled once a quarter of its share is free
-//! (one claim per several answers, not two queries per answer). 2xx
-//! answers, the common case, are recorded together: one `UPDATE ... FROM
-//! UNNEST` per batch of answers, before their room is reused.
+//! (one claim per several answers, not two queries per answer), or at once
+//! when an answer let a lane with a waiting row move on (recording tells:
+//! the statement returns whether a later row of the lane is open), so a
+//! lane's next row never waits for the poll interval. 2xx answers, the
+//! common case, are recorded together: one `UPDATE ... FROM UNNEST` per
+//! batch of answers, before their room is reused.
 //!
 //! Outcomes (RFC 8030 / API.md):
 //!
@@ -27,10 +52,10 @@
 //! A row claimed by an instance that dies is claimed again when its lease
 //! ends: the HTTP hop is at-least-once, the only place a duplicate can come
 //! from (see the crate docs and ADR 0004). A 2xx waiting for its batch is
-//! still `sending`, so it counts as in flight; a graceful stop records the
-//! last batch.
+//! still `sending`, so it counts as in flight (and holds its lane); a
+//! graceful stop records the last batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +71,15 @@ use uuid::Uuid;
 use crate::consumer::Stats;
 use crate::dead_letter::DeadLetter;
 use crate::webpush::{self, UaKeys, VapidKey};
+
+/// SQL: whether a later row of `d`'s lane is still open (waiting for `d`).
+macro_rules! lane_continues {
+    () => {
+        "EXISTS (SELECT 1 FROM push_deliveries n \
+           WHERE n.subscription_id = d.subscription_id AND n.conversation_id = d.conversation_id \
+             AND n.state IN ('pending', 'sending') AND (n.seq, n.message_id) > (d.seq, d.message_id))"
+    };
+}
 
 /// Lifetime of a VAPID JWT (RFC 8292 allows up to 24 h).
 const JWT_LIFETIME_SECS: i64 = 12 * 3600;
@@ -86,17 +120,20 @@ enum Done {
     Sent {
         message_id: Uuid,
         subscription_id: Uuid,
+        /// The claim's `attempts`: recording is fenced on it.
+        attempts: i32,
         origin: String,
         status: u16,
     },
-    /// Any other outcome, already recorded by its task.
-    Recorded { origin: String },
+    /// Any other outcome, already recorded by its task. `lane_moved`: it
+    /// closed its row (failed) and a later row of its lane is waiting.
+    Recorded { origin: String, lane_moved: bool },
 }
 
 impl Done {
     fn origin(&self) -> &str {
         match self {
-            Self::Sent { origin, .. } | Self::Recorded { origin } => origin,
+            Self::Sent { origin, .. } | Self::Recorded { origin, .. } => origin,
         }
     }
 }
@@ -188,13 +225,27 @@ impl PushWorker {
             while let Ok(d) = done_rx.try_recv() {
                 batch.push(d);
             }
-            this.record_sent(&batch).await;
+            // Origins where an answer let a waiting lane move on.
+            let mut moved = this.record_sent(&batch).await;
+            for d in &batch {
+                if let Done::Recorded {
+                    origin,
+                    lane_moved: true,
+                } = d
+                {
+                    moved.insert(origin.clone());
+                }
+            }
             for d in &batch {
                 let origin = d.origin();
                 release(&mut in_flight, &mut total, origin);
                 let busy = in_flight.get(origin).copied().unwrap_or(0);
-                if this.settings.per_origin.saturating_sub(busy) >= refill
-                    && !freed.iter().any(|o| o == origin)
+                if refills(
+                    this.settings.per_origin,
+                    busy,
+                    refill,
+                    moved.contains(origin),
+                ) && !freed.iter().any(|o| o == origin)
                 {
                     freed.push(origin.to_owned());
                 }
@@ -211,48 +262,86 @@ impl PushWorker {
         this.record_sent(&batch).await;
     }
 
-    /// Records the 2xx answers of `batch` in one statement. On error the
-    /// rows stay `sending` and are sent again when their lease ends.
-    async fn record_sent(&self, batch: &[Done]) {
+    /// Records the 2xx answers of `batch` in one statement; returns the
+    /// origins where a later row of a recorded row's lane is waiting (to be
+    /// claimed now, not at the next poll). On error the rows stay `sending`
+    /// and are sent again when their lease ends.
+    ///
+    /// Fenced on the claim (`state = 'sending'` and the claim's `attempts`):
+    /// an answer to a claim that lost its row (the lease ended and the row
+    /// was claimed again, or a 404/410 of the subscription made it `gone`)
+    /// changes nothing, so it can never release the lane while the row's
+    /// current claim is still in flight.
+    async fn record_sent(&self, batch: &[Done]) -> HashSet<String> {
         let mut message_ids = Vec::new();
         let mut subscription_ids = Vec::new();
+        let mut attempts = Vec::new();
         let mut statuses = Vec::new();
         for d in batch {
             if let Done::Sent {
                 message_id,
                 subscription_id,
+                attempts: a,
                 status,
                 ..
             } = d
             {
                 message_ids.push(*message_id);
                 subscription_ids.push(*subscription_id);
+                attempts.push(*a);
                 statuses.push(i32::from(*status));
             }
         }
+        let mut moved = HashSet::new();
         if message_ids.is_empty() {
-            return;
+            return moved;
         }
         let n = message_ids.len() as u64;
-        let result = sqlx::query(
+        let result = sqlx::query(concat!(
             "UPDATE push_deliveries d SET state = 'sent', sent_at = now(), payload = NULL, \
                last_status = u.status, lease_until = NULL \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[]) AS u(message_id, subscription_id, status) \
-             WHERE d.message_id = u.message_id AND d.subscription_id = u.subscription_id",
-        )
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::int4[]) \
+               AS u(message_id, subscription_id, attempts, status) \
+             WHERE d.message_id = u.message_id AND d.subscription_id = u.subscription_id \
+               AND d.state = 'sending' AND d.attempts = u.attempts \
+             RETURNING d.origin, ",
+            lane_continues!()
+        ))
         .bind(message_ids)
         .bind(subscription_ids)
+        .bind(attempts)
         .bind(statuses)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await;
         match result {
-            Ok(_) => Stats::add(&self.stats.pushes_sent, n),
+            Ok(rows) => {
+                Stats::add(&self.stats.pushes_sent, rows.len() as u64);
+                if (rows.len() as u64) < n {
+                    tracing::info!(
+                        answers = n,
+                        recorded = rows.len(),
+                        "2xx answers to claims that had lost their row; not recorded"
+                    );
+                }
+                for r in rows {
+                    match (r.try_get::<String, _>(0), r.try_get::<bool, _>(1)) {
+                        (Ok(origin), Ok(true)) => {
+                            moved.insert(origin);
+                        }
+                        (Ok(_), Ok(false)) => {}
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::warn!(error = %e, "reading a recorded push");
+                        }
+                    }
+                }
+            }
             Err(e) => tracing::error!(
                 error = %e,
                 pushes = n,
                 "recording sent pushes failed; their leases will retry them"
             ),
         }
+        moved
     }
 
     /// Claims due rows for `origins` (`None`: every origin with due rows)
@@ -297,10 +386,16 @@ impl PushWorker {
     async fn claim(&self, origin: &str, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
         let rows = sqlx::query(
             "WITH c AS ( \
-               SELECT message_id, subscription_id FROM push_deliveries \
-               WHERE origin = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now() \
-                 AND (state = 'pending' OR lease_until < now()) \
-               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+               SELECT d.message_id, d.subscription_id FROM push_deliveries d \
+               WHERE d.origin = $1 AND d.state IN ('pending', 'sending') \
+                 AND d.next_attempt_at <= now() \
+                 AND (d.state = 'pending' OR d.lease_until < now()) \
+                 AND NOT EXISTS (SELECT 1 FROM push_deliveries e \
+                   WHERE e.subscription_id = d.subscription_id \
+                     AND e.conversation_id = d.conversation_id \
+                     AND e.state IN ('pending', 'sending') \
+                     AND (e.seq, e.message_id) < (d.seq, d.message_id)) \
+               ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED) \
              UPDATE push_deliveries d SET state = 'sending', attempts = d.attempts + 1, \
                lease_until = now() + make_interval(secs => $3) \
              FROM c LEFT JOIN push_subscriptions s ON s.subscription_id = c.subscription_id \
@@ -348,14 +443,22 @@ impl PushWorker {
             return Done::Sent {
                 message_id: c.message_id,
                 subscription_id: c.subscription_id,
+                attempts: c.attempts,
                 origin: c.origin,
                 status,
             };
         }
-        if let Err(e) = self.record(&c, outcome).await {
-            tracing::error!(error = %e, "recording a push outcome failed; the lease will retry it");
+        let lane_moved = match self.record(&c, outcome).await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::error!(error = %e, "recording a push outcome failed; the lease will retry it");
+                false
+            }
+        };
+        Done::Recorded {
+            origin: c.origin,
+            lane_moved,
         }
-        Done::Recorded { origin: c.origin }
     }
 
     async fn send(&self, c: &Claimed, endpoint: &str, p256dh: &str, auth: &str) -> Outcome {
@@ -432,10 +535,14 @@ impl PushWorker {
         }
     }
 
-    async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<(), anyhow::Error> {
+    /// Records a non-2xx outcome; `true` when it closed the row and a later
+    /// row of its lane is waiting. Retries and failures are fenced on the
+    /// claim like [`Self::record_sent`]; a gone subscription closes all its
+    /// rows whatever their claims.
+    async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<bool, anyhow::Error> {
         match outcome {
             // Recorded in batches by the run loop (`record_sent`).
-            Outcome::Sent(_) => {}
+            Outcome::Sent(_) => Ok(false),
             Outcome::Gone(status) => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("DELETE FROM push_subscriptions WHERE subscription_id = $1")
@@ -453,26 +560,41 @@ impl PushWorker {
                 tx.commit().await?;
                 tracing::info!(status, "push subscription gone; deleted");
                 Stats::add(&self.stats.pushes_gone, 1);
+                Ok(false)
             }
             Outcome::Retry {
                 status,
                 retry_after,
                 detail,
             } if c.attempts < self.settings.max_attempts => {
+                // The row stays first in its lane: the lane waits for it.
+                // Its later rows are parked until then too (they could not
+                // go before it anyway), so that claims and full rounds
+                // during a long backoff skip them by the due index instead
+                // of finding each one blocked.
                 let delay = self.backoff(c.attempts, retry_after);
                 sqlx::query(
-                    "UPDATE push_deliveries SET state = 'pending', lease_until = NULL, last_status = $3, \
-                       next_attempt_at = now() + make_interval(secs => $4) \
-                     WHERE message_id = $1 AND subscription_id = $2",
+                    "WITH h AS ( \
+                       UPDATE push_deliveries SET state = 'pending', lease_until = NULL, last_status = $3, \
+                         next_attempt_at = now() + make_interval(secs => $4) \
+                       WHERE message_id = $1 AND subscription_id = $2 \
+                         AND state = 'sending' AND attempts = $5 \
+                       RETURNING subscription_id, conversation_id, seq, message_id, next_attempt_at) \
+                     UPDATE push_deliveries n SET next_attempt_at = h.next_attempt_at FROM h \
+                     WHERE n.subscription_id = h.subscription_id AND n.conversation_id = h.conversation_id \
+                       AND n.state = 'pending' AND (n.seq, n.message_id) > (h.seq, h.message_id) \
+                       AND n.next_attempt_at < h.next_attempt_at",
                 )
                 .bind(c.message_id)
                 .bind(c.subscription_id)
                 .bind(status.map(i32::from))
                 .bind(delay.as_secs_f64())
+                .bind(c.attempts)
                 .execute(&self.pool)
                 .await?;
                 tracing::info!(?status, %detail, delay_ms = delay.as_millis() as u64, "push deferred; will retry");
                 Stats::add(&self.stats.pushes_retried, 1);
+                Ok(false)
             }
             Outcome::Retry { status, detail, .. } | Outcome::Fail { status, detail } => {
                 let value = serde_json::json!({
@@ -487,20 +609,26 @@ impl PushWorker {
                 self.dead_letter
                     .push_failure(&c.user_id.to_string(), &detail, &value)
                     .await?;
-                sqlx::query(
-                    "UPDATE push_deliveries SET state = 'failed', payload = NULL, lease_until = NULL, last_status = $3 \
-                     WHERE message_id = $1 AND subscription_id = $2",
-                )
+                // The lane moves on past it.
+                let moved: Option<bool> = sqlx::query_scalar(concat!(
+                    "UPDATE push_deliveries d SET state = 'failed', payload = NULL, lease_until = NULL, \
+                       last_status = $3 \
+                     WHERE d.message_id = $1 AND d.subscription_id = $2 \
+                       AND d.state = 'sending' AND d.attempts = $4 \
+                     RETURNING ",
+                    lane_continues!()
+                ))
                 .bind(c.message_id)
                 .bind(c.subscription_id)
                 .bind(status.map(i32::from))
-                .execute(&self.pool)
+                .bind(c.attempts)
+                .fetch_optional(&self.pool)
                 .await?;
                 tracing::warn!(?status, %detail, "push failed for good; dead-lettered");
                 Stats::add(&self.stats.pushes_failed, 1);
+                Ok(moved.unwrap_or(false))
             }
         }
-        Ok(())
     }
 
     /// The VAPID header for `origin`, signed once per origin and reused
@@ -536,6 +664,16 @@ impl PushWorker {
         let jittered = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
         jittered.max(retry_after.unwrap_or_default()).min(cap)
     }
+}
+
+/// Whether an origin is claimed for again after an answer: once `refill`
+/// of its share is free (one claim per several answers), or at once when
+/// the answer let a lane with a waiting row move on (that row would
+/// otherwise wait for other answers or the poll interval). Either way at
+/// most one claim per origin and batch of answers.
+fn refills(per_origin: usize, busy: usize, refill: usize, lane_moved: bool) -> bool {
+    let free = per_origin.saturating_sub(busy);
+    free >= refill || (lane_moved && free > 0)
 }
 
 fn release(in_flight: &mut HashMap<String, usize>, total: &mut usize, origin: &str) {
@@ -613,6 +751,16 @@ mod tests {
             classify(StatusCode::PAYLOAD_TOO_LARGE, None),
             Outcome::Fail { .. }
         ));
+    }
+
+    #[test]
+    fn origins_refill_per_quarter_or_when_a_lane_moves_on() {
+        // 16 per origin, refill at 4 free.
+        assert!(!refills(16, 13, 4, false), "3 free: wait for more answers");
+        assert!(refills(16, 12, 4, false), "a quarter free");
+        assert!(refills(16, 15, 4, true), "a lane's next row goes at once");
+        assert!(!refills(16, 16, 4, true), "no room, no claim");
+        assert!(refills(1, 0, 1, false));
     }
 
     #[test]

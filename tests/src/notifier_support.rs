@@ -10,7 +10,9 @@
 //! `sub` claims) and what a browser does (decrypts the RFC 8291 body with
 //! the subscription's private key using the `ece` crate, an implementation
 //! independent of the notifier's), and records it. Each endpoint answers
-//! 201 unless the test scripted other statuses for it.
+//! 201 unless the test scripted other statuses for it, after a fixed delay
+//! and a random one if the test set them (answers then overtake each
+//! other, as they do on a real push service).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -138,8 +140,11 @@ pub fn config(svc: &CommandService, opts: &NotifierOptions) -> Result<notifier::
         "50".into(),
         "--push-backoff-ms".into(),
         "200".into(),
+        // Short, for the kill test (a crash's claims come back when their
+        // lease ends), and still longer than the timeout: a lease ending
+        // while its request is in flight would send the push twice.
         "--push-lease-secs".into(),
-        "2".into(),
+        "6".into(),
         "--push-timeout-ms".into(),
         "5000".into(),
         "--projection-wait-secs".into(),
@@ -265,6 +270,8 @@ struct PushState {
     verified: Mutex<HashSet<String>>,
     /// Added to every answer (a slow push service).
     delay: Mutex<Duration>,
+    /// Up to this much more, at random, per answer.
+    jitter: Mutex<Duration>,
     arrived: Notify,
 }
 
@@ -407,6 +414,12 @@ impl PushServer {
         *lock(&self.state.delay) = d;
     }
 
+    /// Delays every answer by a random time up to `max` more (uniform), so
+    /// concurrent requests are answered (and recorded) in any order.
+    pub fn set_jitter(&self, max: Duration) {
+        *lock(&self.state.jitter) = max;
+    }
+
     pub fn received(&self) -> Vec<Received> {
         lock(&self.state.received).clone()
     }
@@ -483,7 +496,8 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let delay = *lock(&state.delay);
+    let jitter = *lock(&state.jitter);
+    let delay = *lock(&state.delay) + jitter.mul_f64(rand::random::<f64>());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
