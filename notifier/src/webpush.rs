@@ -307,4 +307,39 @@ mod tests {
         assert_eq!(origin("ftp://x/y"), None);
         assert_eq!(origin("nope"), None);
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A subscription's keys as a client sends them: any text is
+        /// parsed or refused, never a panic.
+        #[test]
+        fn any_subscription_keys_are_parsed_or_refused(p256dh in any::<String>(), auth in any::<String>()) {
+            let _ = UaKeys::parse(&p256dh, &auth);
+        }
+
+        /// Base64url of any bytes: only a 65-byte uncompressed point on the
+        /// curve with a 16-byte secret is accepted.
+        #[test]
+        fn key_bytes_are_checked(point in prop::collection::vec(any::<u8>(), 0..80), secret in prop::collection::vec(any::<u8>(), 0..24)) {
+            let parsed = UaKeys::parse(&B64.encode(&point), &B64.encode(&secret));
+            if parsed.is_ok() {
+                prop_assert_eq!(point.len(), 65);
+                prop_assert_eq!(point[0], 4);
+                prop_assert_eq!(secret.len(), 16);
+            }
+        }
+
+        /// Any endpoint text: an origin only for absolute http(s) URLs,
+        /// and then one without path, query or credentials.
+        #[test]
+        fn any_endpoint_has_an_origin_or_none(endpoint in any::<String>(), path in "[a-z0-9/._~-]{0,40}") {
+            if let Some(o) = origin(&endpoint) {
+                prop_assert!(o.starts_with("https://") || o.starts_with("http://"));
+            }
+            let url = format!("https://push.example.test/{path}?q=1");
+            let got = origin(&url);
+            prop_assert_eq!(got.as_deref(), Some("https://push.example.test"));
+        }
+    }
 }
