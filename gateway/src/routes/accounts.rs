@@ -79,11 +79,23 @@ macro_rules! redacted_debug {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
+    /// An email address (trimmed and lower-cased; at most 254 bytes).
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
-    /// 3–32 of `[a-z0-9_]`, unique case-insensitively.
+    /// 3–32 of `[A-Za-z0-9_]`, stored lower-case: unique
+    /// case-insensitively.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_]+$")]
     pub username: String,
     /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    /// 1–64 characters after trimming, no control characters; the username
+    /// when absent.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub display_name: Option<String>,
 }
 
@@ -107,6 +119,8 @@ pub struct RefreshBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgotBody {
+    /// An email address (trimmed and lower-cased; at most 254 bytes).
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
 }
 
@@ -116,6 +130,8 @@ pub struct ForgotBody {
 pub struct ResetBody {
     /// The token of the reset mail (`reset-token: ...`).
     pub token: String,
+    /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: String,
 }
 
@@ -124,6 +140,8 @@ pub struct ResetBody {
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordBody {
     pub current_password: String,
+    /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: String,
 }
 
@@ -210,9 +228,15 @@ pub struct UserList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchUsersQuery {
-    /// 1–32 characters, matched case-insensitively.
+    /// 1–32 characters after trimming, matched case-insensitively.
+    #[param(
+        min_length = 1,
+        max_length = 32,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub username_prefix: String,
-    /// Default 20, at most 100.
+    /// Page size: default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -571,6 +595,7 @@ async fn send_reset_mail(state: AppState, email: String) {
     request_body = ResetBody,
     responses(
         (status = 204, description = "Password changed; all sessions revoked"),
+        (status = 409, description = "`conflict`: concurrent changes to the account; retry", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid new password, or a bad, used or expired token (`errors.token`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -613,6 +638,7 @@ pub async fn reset_password(
     responses(
         (status = 204, description = "Changed; the other sessions are revoked"),
         (status = 403, description = "`invalid_credentials`: wrong current password", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: concurrent changes to the account; retry", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid new password", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords", body = Problem, content_type = "application/problem+json"),
     ),
@@ -678,6 +704,7 @@ pub async fn change_password(
     responses(
         (status = 200, description = "The caller", body = MeView),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`user_not_found`: not yet projected (right after registering)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -53,9 +53,11 @@ pub struct VapidKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushKeys {
-    /// base64url uncompressed P-256 point.
+    /// base64url uncompressed P-256 point (65 bytes; padding optional).
+    #[schema(pattern = "^[A-Za-z0-9_-]{87}=*$")]
     pub p256dh: String,
-    /// base64url 16-byte authentication secret.
+    /// base64url 16-byte authentication secret (padding optional).
+    #[schema(pattern = "^[A-Za-z0-9_-]{22}=*$")]
     pub auth: String,
 }
 
@@ -63,12 +65,19 @@ pub struct PushKeys {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionBody {
-    /// The push service endpoint (https URL).
+    /// The push service endpoint: an absolute `https` (or `http`) URL
+    /// with a host, at most 2048 bytes.
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+    )]
     pub endpoint: String,
     pub keys: PushKeys,
-    /// Accepted and ignored (browsers send it, usually null).
+    /// Accepted and ignored (browsers send null or a time in
+    /// milliseconds, which need not be whole).
     #[serde(rename = "expirationTime", default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<f64>)]
     pub expiration_time: Option<serde_json::Value>,
 }
 
@@ -102,6 +111,7 @@ pub struct Settings {
     pub push: bool,
     pub email: bool,
     /// Delay before unread messages are mailed as a digest, 0–604800.
+    #[schema(minimum = 0, maximum = 604800)]
     pub email_delay_seconds: u32,
 }
 

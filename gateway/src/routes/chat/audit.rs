@@ -19,7 +19,7 @@ use crate::state::{as_user, AppState};
 pub struct AuditEvent {
     #[schema(format = Uuid)]
     pub event_id: String,
-    /// `user`, `conversation` or `read_marker`.
+    #[schema(value_type = AggregateType)]
     pub aggregate_type: String,
     #[schema(format = Uuid)]
     pub aggregate_id: String,
@@ -72,8 +72,10 @@ impl TryFrom<qry::Envelope> for AuditEvent {
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Events with position > after_position (default 0: from the first).
+    #[param(minimum = 0)]
     pub after_position: Option<i64>,
-    /// Page size, default 1000, at most 1000.
+    /// Page size: default 1000, at most 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -85,6 +87,15 @@ pub struct EventPage {
     pub next_position: i64,
 }
 
+/// The stream kinds of the event store, for the document.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum AggregateType {
+    User,
+    Conversation,
+    ReadMarker,
+}
+
 /// The stream kinds of the event store.
 const AGGREGATE_TYPES: [&str; 3] = ["user", "conversation", "read_marker"];
 
@@ -92,9 +103,10 @@ const AGGREGATE_TYPES: [&str; 3] = ["user", "conversation", "read_marker"];
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// First sequence to return (default 1).
+    /// First sequence to return (default 1; lower values count as 1).
     pub from_sequence: Option<i64>,
-    /// Page size, default 1000, at most 1000.
+    /// Page size: default 1000, at most 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -149,7 +161,7 @@ pub async fn list_events(
 #[utoipa::path(
     get, path = "/v1/audit/streams/{aggregate_type}/{aggregate_id}", tag = "audit",
     params(
-        ("aggregate_type" = String, Path, description = "`user`, `conversation` or `read_marker`"),
+        ("aggregate_type" = AggregateType, Path, description = "`user`, `conversation` or `read_marker`"),
         ("aggregate_id" = Uuid, Path, description = "Stream id"),
         StreamQuery,
     ),

@@ -21,9 +21,16 @@ use crate::state::{as_user, AppState};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupBody {
-    /// 1–128 characters.
+    /// 1–128 characters after trimming, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub title: String,
-    /// Initial members besides the creator (who becomes the owner).
+    /// Initial members besides the creator (who becomes the owner);
+    /// repeats and the creator are ignored. More than the group size limit
+    /// (1000 with the owner) is 409 `group_full`.
     #[serde(default)]
     pub member_ids: Vec<Uuid>,
 }
@@ -47,7 +54,8 @@ pub struct ConversationId {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListConversationsQuery {
-    /// Page size, default 50, at most 200.
+    /// Page size: default 50, at most 200.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -58,8 +66,7 @@ pub struct ListConversationsQuery {
 pub struct ConversationSummary {
     #[schema(format = Uuid)]
     pub conversation_id: String,
-    /// `direct` or `group`.
-    #[schema(example = "group")]
+    #[schema(value_type = ConversationKind)]
     pub kind: String,
     pub title: Option<String>,
     /// The latest message the caller may see, if any.
@@ -84,8 +91,7 @@ pub struct ConversationList {
 pub struct MemberView {
     #[schema(format = Uuid)]
     pub user_id: String,
-    /// `owner`, `admin` or `member`.
-    #[schema(example = "member")]
+    #[schema(value_type = MemberRole)]
     pub role: String,
     #[schema(format = DateTime)]
     pub joined_at: String,
@@ -98,7 +104,7 @@ pub struct MemberView {
 pub struct ConversationDetails {
     #[schema(format = Uuid)]
     pub conversation_id: String,
-    /// `direct` or `group`.
+    #[schema(value_type = ConversationKind)]
     pub kind: String,
     pub title: Option<String>,
     #[schema(format = DateTime)]
@@ -113,8 +119,30 @@ pub struct ConversationDetails {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameBody {
-    /// 1–128 characters.
+    /// 1–128 characters after trimming, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub title: String,
+}
+
+/// A conversation's kind.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+/// A member's role.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum MemberRole {
+    Owner,
+    Admin,
+    Member,
 }
 
 /// Roles a member can be added with.
@@ -139,7 +167,9 @@ pub struct AddMemberBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkReadBody {
-    /// Highest sequence read; the marker only moves forward.
+    /// Highest sequence read, 1 to the conversation's `last_seq`; the
+    /// marker only moves forward.
+    #[schema(minimum = 1)]
     pub seq: i64,
 }
 
@@ -189,8 +219,8 @@ pub async fn create_group(
         (status = 201, description = "Created", body = ConversationId),
         (status = 200, description = "Already existed", body = ConversationId),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not allowed (e.g. with oneself)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: concurrent changes; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: the caller's own id", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -431,7 +461,8 @@ pub async fn remove_member(
     responses(
         (status = 204, description = "Marked"),
         (status = 404, description = "No such conversation, or not a member", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid sequence", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: concurrent moves of the marker; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`seq` is not within 1 and the conversation's `last_seq`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -55,10 +55,16 @@ impl From<qry::Message> for MessageView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendBody {
-    /// The client's id for this message; resending it returns the first
-    /// result and appends nothing.
+    /// The client's id for this message, 1–64 printable ASCII characters;
+    /// resending it returns the first result and appends nothing.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$")]
     pub client_msg_id: String,
     /// 1–4000 characters after trimming.
+    #[schema(
+        min_length = 1,
+        max_length = 4000,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub body: String,
 }
 
@@ -77,10 +83,13 @@ pub struct Sent {
 #[into_params(parameter_in = Query)]
 pub struct ListMessagesQuery {
     /// Messages with seq < before_seq, newest first.
+    #[param(minimum = 1)]
     pub before_seq: Option<i64>,
     /// Messages with seq > after_seq, oldest first.
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
-    /// Page size, default 50, at most 200.
+    /// Page size: default 50, at most 200.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -97,6 +106,11 @@ pub struct MessagePage {
 #[serde(deny_unknown_fields)]
 pub struct EditBody {
     /// 1–4000 characters after trimming.
+    #[schema(
+        min_length = 1,
+        max_length = 4000,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub body: String,
 }
 
@@ -110,7 +124,8 @@ pub struct EditBody {
         (status = 201, description = "Sent", body = Sent),
         (status = 200, description = "A repeated client_msg_id: the first result", body = Sent),
         (status = 404, description = "No such conversation, or not a member", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Empty or too long body", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: concurrent changes; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Empty or too long body, or a bad `client_msg_id`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -243,6 +258,7 @@ pub async fn edit_message(
         (status = 204, description = "Deleted"),
         (status = 403, description = "Neither the author nor owner/admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such conversation or message", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: concurrent changes; retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
