@@ -2,42 +2,29 @@
 //! Every setting has an env var and a documented default (README table).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 /// Settings of command-service. `Debug` is hand-written: the database URL
 /// may carry a password.
 #[derive(Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL holding the event store and command-side tables.
-    #[arg(
-        long,
-        env = "MESSENGER_DATABASE_URL",
-        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: infra::postgres::PostgresArgs,
     /// Connections in the pool.
     #[arg(long, env = "COMMAND_SERVICE_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
-    /// Kafka (or tansu / Redpanda) bootstrap servers.
-    #[arg(
-        long,
-        env = "MESSENGER_KAFKA_BROKERS",
-        default_value = "127.0.0.1:59092"
-    )]
-    pub kafka_brokers: String,
-    /// Topic receiving every event.
-    #[arg(
-        long,
-        env = "MESSENGER_EVENTS_TOPIC",
-        default_value = "messenger.events"
-    )]
-    pub events_topic: String,
+    /// Kafka, and the topic receiving every event.
+    #[command(flatten)]
+    pub kafka: infra::cli::KafkaArgs,
     /// gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "COMMAND_SERVICE_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Directory with `ca.pem` and this service's `NAME.pem`/`NAME.key`.
-    #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
-    pub pki_dir: PathBuf,
+    #[command(flatten)]
+    pub pki: infra::cli::PkiArgs,
+    /// gRPC server options.
+    #[command(flatten)]
+    pub grpc: infra::cli::GrpcArgs,
     /// Certificate name of this service inside the PKI directory.
     #[arg(
         long,
@@ -55,9 +42,10 @@ pub struct Config {
     #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 1)]
     pub relay_linger_ms: u32,
     /// Extra librdkafka producer properties for the relay, comma-separated
-    /// `key=value` pairs (e.g. `compression.type=lz4,debug=eos`).
-    #[arg(long, env = "RELAY_KAFKA_OPTIONS", default_value = "")]
-    pub relay_kafka_options: String,
+    /// `key=value` pairs (e.g. `compression.type=lz4,debug=eos`); an entry
+    /// without `=` is refused.
+    #[arg(long, env = "RELAY_KAFKA_OPTIONS", value_delimiter = ',')]
+    pub relay_kafka_options: Vec<String>,
     /// Safety-net poll interval of the relay, milliseconds.
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
     pub relay_poll_ms: u64,
@@ -94,14 +82,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// `relay_kafka_options` as pairs; entries without `=` are ignored.
-    pub fn relay_kafka_pairs(&self) -> Vec<(String, String)> {
-        self.relay_kafka_options
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .filter(|(k, _)| !k.is_empty())
-            .collect()
+    /// `relay_kafka_options` as pairs; an entry without `=` is refused.
+    pub fn relay_kafka_pairs(&self) -> Result<Vec<(String, String)>, String> {
+        Ok(infra::cli::kafka_options(&self.relay_kafka_options)?
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
     }
 }
 
@@ -109,8 +95,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("events_topic", &self.events_topic)
+            .field("kafka", &self.kafka)
             .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
@@ -123,11 +108,5 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    #[derive(clap::Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        config: Config,
-    }
-    use clap::Parser;
-    Wrapper::try_parse_from(args).map(|w| w.config)
+    infra::cli::parse_from(args)
 }

@@ -32,13 +32,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::Limits;
+use infra::grpc::GrpcServer;
+use infra::shutdown::Shutdown;
 use proto::command::v1::command_service_server::CommandServiceServer;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::commands::Commands;
 use crate::config::Config;
@@ -46,37 +43,26 @@ use crate::credentials::{HashParams, Hasher};
 use crate::relay::{Relay, RelayConfig};
 use crate::store::StoreTuning;
 
-/// The migrations of the whole platform (`migrations/` at the repo root).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// Connects a pool to `url`.
-pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .context("connecting to PostgreSQL")
-}
+pub use infra::postgres::{connect, MIGRATOR};
 
 /// A built, not yet running, command-service.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    server: GrpcServer,
     addr: SocketAddr,
     commands: Arc<Commands>,
     relay: Option<Relay>,
-    tls: tonic::transport::ServerTlsConfig,
 }
 
 impl Application {
     /// Connects, migrates (if configured), binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let pool = connect(&config.database_url, config.db_pool).await?;
-        if config.migrate {
-            MIGRATOR.run(&pool).await.context("applying migrations")?;
-        }
+        let pool = infra::postgres::connect_and_migrate(
+            &config.postgres.database_url,
+            config.db_pool,
+            config.migrate,
+        )
+        .await?;
         let hasher = Hasher::new(HashParams {
             memory_kib: config.argon2_memory_kib,
             iterations: config.argon2_iterations,
@@ -102,28 +88,31 @@ impl Application {
             Some(Relay::new(
                 pool,
                 RelayConfig {
-                    brokers: config.kafka_brokers.clone(),
-                    topic: config.events_topic.clone(),
+                    brokers: config.kafka.kafka_brokers.clone(),
+                    topic: config.kafka.events_topic.clone(),
                     batch_size: config.relay_batch_size.max(1),
                     poll_interval: Duration::from_millis(config.relay_poll_ms.max(10)),
                     linger_ms: config.relay_linger_ms,
-                    extra: config.relay_kafka_pairs(),
+                    extra: config.relay_kafka_pairs().map_err(anyhow::Error::msg)?,
                 },
             )?)
         } else {
             None
         };
-        let tls = infra::tls::server(&config.pki_dir, &config.tls_name)?;
+        let tls = infra::tls::server(&config.pki.pki_dir, &config.tls_name)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let reflection = config
+            .grpc
+            .grpc_reflection
+            .then_some(proto::FILE_DESCRIPTOR_SET);
         Ok(Self {
-            listener,
+            server: GrpcServer::new(listener, tls, reflection),
             addr,
             commands,
             relay,
-            tls,
         })
     }
 
@@ -143,50 +132,26 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = Shutdown::new();
         let relay_task = self.relay.map(|r| {
-            let rx = stop_rx.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
-                if let Err(e) = r.run(rx).await {
+                if let Err(e) = r.run(stop).await {
                     tracing::error!(error = ?e, "relay stopped with an error");
                 }
             })
         });
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<CommandServiceServer<grpc::CommandGrpc>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         tracing::info!(addr = %self.addr, "command-service listening (mTLS)");
-        let mut stop_for_server = stop_rx.clone();
-        // Small request/response pairs: without TCP_NODELAY, Nagle and
-        // delayed ACKs add ~40 ms to a call (`Server::tcp_nodelay` applies
-        // only to listeners tonic binds itself, not to an incoming stream).
-        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            }
-            conn
-        });
-        let server = tonic::transport::Server::builder()
-            .tls_config(self.tls)?
-            .add_service(health_service)
-            .add_service(reflection)
+        let server = self
+            .server
             .add_service(CommandServiceServer::new(grpc::CommandGrpc::new(
                 self.commands,
             )))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_for_server.wait_for(|s| *s).await;
-            });
+            .serve(stop.triggered_owned());
         let server = tokio::spawn(server);
         shutdown.await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        stop.trigger();
         server.await??;
         if let Some(t) = relay_task {
             t.await?;

@@ -34,11 +34,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {
             let app = Application::build(&cli.config).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            app.run_until_stopped(infra::shutdown::signal()).await
         }
         Cmd::Migrate => {
-            let pool = command_service::connect(&cli.config.database_url, 2).await?;
-            command_service::MIGRATOR.run(&pool).await?;
+            infra::postgres::connect_and_migrate(&cli.config.postgres.database_url, 2, true)
+                .await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -70,25 +70,4 @@ async fn operator_role(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(user_id, role, grant, "role updated");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -21,13 +21,14 @@
 
 use std::time::Duration;
 
+use infra::retry::Backoff;
+use infra::shutdown::Shutdown;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Advisory lock key of the relay leader ("msgrelay").
@@ -274,8 +275,8 @@ impl Relay {
         Ok(())
     }
 
-    /// Leads (once it holds the advisory lock) until `shutdown` flips.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RelayError> {
+    /// Leads (once it holds the advisory lock) until `shutdown` triggers.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), RelayError> {
         let mut leader = self.pool.acquire().await?.detach();
         loop {
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -285,20 +286,19 @@ impl Relay {
             if got {
                 break;
             }
-            tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            if shutdown.sleep(Duration::from_secs(1)).await {
+                return Ok(());
             }
         }
         tracing::info!(topic = %self.config.topic, "relay leading");
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("events_appended").await?;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         // After start and after any failure, first republish what was
         // positioned but not confirmed; otherwise only assign new work.
         let mut recovering = true;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_triggered() {
                 break;
             }
             let step = async {
@@ -317,13 +317,13 @@ impl Relay {
             match step.await {
                 Ok((true, caught_up)) => {
                     recovering &= !caught_up;
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                 }
                 Ok((false, _)) => {
                     recovering = false;
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     tokio::select! {
-                        _ = shutdown.changed() => {}
+                        () = shutdown.triggered() => {}
                         n = listener.try_recv() => {
                             if let Err(e) = n {
                                 tracing::warn!(error = %e, "relay listener error");
@@ -335,11 +335,7 @@ impl Relay {
                 Err(e) => {
                     recovering = true;
                     tracing::error!(error = %e, "relay round failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    shutdown.sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -18,10 +18,13 @@
 //! - [`read_marker`]: one `ReadMarker` stream per (conversation, member), so
 //!   moving a read marker never contends with message sends.
 //! - [`envelope`]: the versioned envelope every event travels in on Kafka.
+//! - [`decode`]: envelopes to typed events for consumers (upcasters, and
+//!   the poison classes of records that cannot be decoded).
 //! - [`event`]: helpers shared by all aggregates (event naming, payload
 //!   (de)serialisation without the enum wrapper).
 
 pub mod conversation;
+pub mod decode;
 pub mod envelope;
 pub mod event;
 pub mod limits;

@@ -19,8 +19,8 @@ pub struct Config {
     /// Directory with `ca.pem` and the gateway's `NAME.pem`/`NAME.key`:
     /// the HTTPS certificate and the client certificate for mutual TLS to
     /// the services.
-    #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
-    pub pki_dir: PathBuf,
+    #[command(flatten)]
+    pub pki: infra::cli::PkiArgs,
     /// Certificate name of the gateway inside the PKI directory.
     #[arg(long, env = "GATEWAY_TLS_NAME", default_value = "gateway")]
     pub tls_name: String,
@@ -47,15 +47,8 @@ pub struct Config {
     )]
     pub notifier_url: String,
     /// Redis: sessions, rate limits, presence, live pub/sub.
-    #[arg(
-        long,
-        env = "MESSENGER_REDIS_URL",
-        default_value = "redis://127.0.0.1:56379"
-    )]
-    pub redis_url: String,
-    /// Prefix of every Redis key (shared with the projector and services).
-    #[arg(long, env = "MESSENGER_REDIS_PREFIX", default_value = "msg")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: infra::cli::RedisArgs,
     /// Ed25519 key signing the PASETO v4.public access tokens (64 bytes:
     /// secret seed then public key, base64). Created with mode 0600 when
     /// missing and `token_key_create` is set; every gateway of a deployment
@@ -161,7 +154,7 @@ impl std::fmt::Debug for Config {
             .field("command_service_url", &self.command_service_url)
             .field("query_service_url", &self.query_service_url)
             .field("notifier_url", &self.notifier_url)
-            .field("redis_prefix", &self.redis_prefix)
+            .field("redis", &self.redis)
             .field("access_ttl_secs", &self.access_ttl_secs)
             .finish_non_exhaustive()
     }
@@ -174,11 +167,5 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    #[derive(clap::Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        config: Config,
-    }
-    use clap::Parser;
-    Wrapper::try_parse_from(args).map(|w| w.config)
+    infra::cli::parse_from(args)
 }

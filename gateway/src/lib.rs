@@ -51,7 +51,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use fred::prelude::{Builder, ClientLike, ReconnectPolicy};
+use fred::prelude::ClientLike;
 use proto::command::v1::command_service_client::CommandServiceClient;
 use proto::query::v1::query_service_client::QueryServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -76,7 +76,7 @@ pub struct Application {
 }
 
 fn channel(config: &Config, url: &str, server_name: &str) -> anyhow::Result<Channel> {
-    let tls = infra::tls::client(&config.pki_dir, &config.tls_name, server_name)?;
+    let tls = infra::tls::client(&config.pki.pki_dir, &config.tls_name, server_name)?;
     Ok(Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("parsing {url}"))?
         .tls_config(tls)?
@@ -104,16 +104,10 @@ impl Application {
             config.token_key_create,
             config.access_ttl(),
         )?;
-        let redis_config =
-            fred::prelude::Config::from_url(&config.redis_url).context("parsing the Redis URL")?;
-        let redis = Builder::from_config(redis_config)
+        let redis = infra::redis::builder(&config.redis.redis_url)?
             .with_config(|c| c.fail_fast = true)
             .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.internal_command_timeout = Duration::from_secs(2);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .with_connection_config(|c| c.internal_command_timeout = Duration::from_secs(2))
             .build_pool(4)
             .context("building the Redis pool")?;
         redis.init().await.context("connecting to Redis")?;
@@ -126,7 +120,10 @@ impl Application {
             None
         } else {
             let read = |ext: &str| {
-                let path = config.pki_dir.join(format!("{}.{ext}", config.tls_name));
+                let path = config
+                    .pki
+                    .pki_dir
+                    .join(format!("{}.{ext}", config.tls_name));
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
             };
             Some((read("pem")?, read("key")?))

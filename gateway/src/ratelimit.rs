@@ -120,7 +120,7 @@ fn window_secs(state: &AppState) -> u64 {
 fn key(state: &AppState, action: Action, scope: &str, subject: &str) -> String {
     format!(
         "{}:rl:{}:{scope}:{subject}",
-        state.config.redis_prefix,
+        state.config.redis.redis_prefix,
         action.as_str()
     )
 }

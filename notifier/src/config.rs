@@ -11,12 +11,8 @@ use std::time::Duration;
 pub struct Config {
     /// PostgreSQL with the read models (membership, users, read markers) and
     /// the notifier's own tables.
-    #[arg(
-        long,
-        env = "MESSENGER_DATABASE_URL",
-        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: infra::postgres::PostgresArgs,
     /// Connections in the pool (gRPC, consumer, push worker, digests).
     #[arg(long, env = "NOTIFIER_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
@@ -27,25 +23,17 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_ADDR", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
     /// Directory with `ca.pem` and this service's `NAME.pem`/`NAME.key`.
-    #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
-    pub pki_dir: PathBuf,
+    #[command(flatten)]
+    pub pki: infra::cli::PkiArgs,
+    /// gRPC server options.
+    #[command(flatten)]
+    pub grpc: infra::cli::GrpcArgs,
     /// Certificate name of this service inside the PKI directory.
     #[arg(long, env = "NOTIFIER_TLS_NAME", default_value = "notifier")]
     pub tls_name: String,
     /// Kafka (or tansu / Redpanda) bootstrap servers.
-    #[arg(
-        long,
-        env = "MESSENGER_KAFKA_BROKERS",
-        default_value = "127.0.0.1:59092"
-    )]
-    pub kafka_brokers: String,
-    /// Topic the outbox relay publishes every event to.
-    #[arg(
-        long,
-        env = "MESSENGER_EVENTS_TOPIC",
-        default_value = "messenger.events"
-    )]
-    pub events_topic: String,
+    #[command(flatten)]
+    pub kafka: infra::cli::KafkaArgs,
     /// Topic for poison records and for pushes that failed for good.
     #[arg(
         long,
@@ -76,15 +64,8 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_PROJECTION_WAIT_SECS", default_value_t = 60)]
     pub projection_wait_secs: u64,
     /// Redis with the gateways' presence keys.
-    #[arg(
-        long,
-        env = "MESSENGER_REDIS_URL",
-        default_value = "redis://127.0.0.1:56379"
-    )]
-    pub redis_url: String,
-    /// Prefix of every Redis key (see `infra::keys`).
-    #[arg(long, env = "MESSENGER_REDIS_PREFIX", default_value = "msg")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: infra::cli::RedisArgs,
     /// Push also to users with a live WebSocket (presence key in Redis).
     #[arg(long, env = "NOTIFIER_PUSH_WHEN_ONLINE", default_value_t = false, action = clap::ArgAction::Set)]
     pub push_when_online: bool,
@@ -166,15 +147,7 @@ pub struct Config {
 impl Config {
     /// [`Self::kafka_options`] as pairs; an entry without `=` is refused.
     pub fn kafka_options(&self) -> Result<Vec<(&str, &str)>, String> {
-        self.kafka_options
-            .iter()
-            .filter(|o| !o.trim().is_empty())
-            .map(|o| {
-                o.split_once('=')
-                    .map(|(k, v)| (k.trim(), v.trim()))
-                    .ok_or_else(|| format!("kafka option {o:?} is not key=value"))
-            })
-            .collect()
+        infra::cli::kafka_options(&self.kafka_options)
     }
 
     pub fn poll(&self) -> Duration {
@@ -186,11 +159,10 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("events_topic", &self.events_topic)
+            .field("kafka", &self.kafka)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("group_id", &self.group_id)
-            .field("redis_prefix", &self.redis_prefix)
+            .field("redis", &self.redis)
             .field("push_when_online", &self.push_when_online)
             .field("vapid_subject", &self.vapid_subject)
             .field("email_delay_secs", &self.email_delay_secs)
@@ -205,11 +177,5 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    #[derive(clap::Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        config: Config,
-    }
-    use clap::Parser;
-    Wrapper::try_parse_from(args).map(|w| w.config)
+    infra::cli::parse_from(args)
 }

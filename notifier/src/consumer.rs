@@ -27,17 +27,19 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use domain::conversation::ConversationEvent;
+use domain::decode::{AnyEvent, DecodedEvent, Decoder, Poison, PoisonReason};
 use domain::read_marker::ReadMarkerEvent;
+use event_stream::dead_letter::DeadLetter;
+use event_stream::offsets::{next_offsets, EventsConsumer};
 use fred::prelude::{Client as Redis, KeysInterface};
-use projector::event::{Decoder, Event, ProjectedEvent};
-use projector::offsets::{next_offsets, pause, EventsConsumer};
+use infra::retry::Backoff;
+use infra::shutdown::Shutdown;
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::dead_letter::DeadLetter;
 use crate::webpush;
 
 /// Most characters of a message body in a push payload (API.md: "the body
@@ -71,7 +73,7 @@ impl Stats {
 }
 
 /// What the consumer needs besides Kafka.
-pub struct Live {
+pub struct Consumer {
     pub(crate) source: EventsConsumer,
     pub(crate) pool: PgPool,
     pub(crate) redis: Redis,
@@ -87,7 +89,7 @@ pub struct Live {
     pub(crate) stats: Arc<Stats>,
 }
 
-impl std::fmt::Debug for Live {
+impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("prefix", &self.prefix)
@@ -107,22 +109,19 @@ enum HandleError {
     NotProjected,
 }
 
-impl Live {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+impl Consumer {
+    pub async fn run(self, shutdown: Shutdown) {
         // The leader connection is held until the loop ends: a standby
         // waits on it.
-        let Some(_leader) = self.source.start(&self.pool, &mut shutdown).await else {
+        let Some(_leader) = self.source.start(&self.pool, &shutdown).await else {
             return;
         };
         let mut batches = self.source.batches(self.batch_size);
-        while let Some(batch) = batches.next(&mut shutdown).await {
-            if !self.process(&batch, &mut shutdown).await {
+        while let Some(batch) = batches.next(&shutdown).await {
+            if !self.process(&batch, &shutdown).await {
                 break;
             }
-            if !self
-                .store_offsets(&next_offsets(&batch), &mut shutdown)
-                .await
-            {
+            if !self.store_offsets(&next_offsets(&batch), &shutdown).await {
                 break;
             }
         }
@@ -133,12 +132,8 @@ impl Live {
     /// Stores the offsets past a handled batch, retrying while PostgreSQL
     /// is away; `false` on shutdown (the batch is then redelivered to the
     /// next run and deduplicated).
-    async fn store_offsets(
-        &self,
-        next: &[(i32, i64)],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let mut backoff = Duration::from_millis(50);
+    async fn store_offsets(&self, next: &[(i32, i64)], shutdown: &Shutdown) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         loop {
             let saved = async {
                 let mut conn = self.pool.acquire().await?;
@@ -148,10 +143,9 @@ impl Live {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, "storing consumer offsets failed; retrying");
-                    if pause(shutdown, backoff).await {
+                    if shutdown.sleep(backoff.next_delay()).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
@@ -160,14 +154,14 @@ impl Live {
     /// Handles a batch; `false` when interrupted by shutdown (nothing of
     /// the batch is then committed to Kafka).
     #[tracing::instrument(skip_all, fields(records = batch.len()))]
-    async fn process(&self, batch: &[OwnedMessage], shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn process(&self, batch: &[OwnedMessage], shutdown: &Shutdown) -> bool {
         Stats::add(&self.stats.records, batch.len() as u64);
         let mut events = Vec::with_capacity(batch.len());
         for record in batch {
             let decoded = match record.payload() {
                 Some(v) => self.decoder.decode_bytes(v),
-                None => Err(projector::event::Poison::new(
-                    projector::event::PoisonReason::Undecodable,
+                None => Err(Poison::new(
+                    PoisonReason::Undecodable,
                     "record has no value",
                 )),
             };
@@ -183,7 +177,7 @@ impl Live {
                 }
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         loop {
             match self.apply(&events, shutdown).await {
                 Ok(Some((push, digest))) => {
@@ -212,10 +206,9 @@ impl Live {
                 }
                 Err((_, e)) => {
                     tracing::warn!(error = %e, "queuing notifications failed; retrying the batch");
-                    if pause(shutdown, backoff).await {
+                    if shutdown.sleep(backoff.next_delay()).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
@@ -225,14 +218,14 @@ impl Live {
     /// waiting; `Err((index, e))` names the event that failed.
     async fn apply(
         &self,
-        events: &[(&OwnedMessage, ProjectedEvent)],
-        shutdown: &mut watch::Receiver<bool>,
+        events: &[(&OwnedMessage, DecodedEvent)],
+        shutdown: &Shutdown,
     ) -> Result<Option<(u64, u64)>, (usize, HandleError)> {
         let mut tx = self.pool.begin().await.map_err(|e| (0, e.into()))?;
         let (mut push, mut digest) = (0, 0);
         for (index, (_, event)) in events.iter().enumerate() {
             match &event.event {
-                Event::Conversation(ConversationEvent::MessageSent {
+                AnyEvent::Conversation(ConversationEvent::MessageSent {
                     message_id,
                     sender_id,
                     body,
@@ -257,7 +250,7 @@ impl Live {
                     push += p;
                     digest += d;
                 }
-                Event::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
+                AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
                     conversation_id,
                     user_id,
                     seq,
@@ -286,7 +279,7 @@ impl Live {
     async fn wait_projected(
         &self,
         msg: &Sent<'_>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<bool, HandleError> {
         let deadline = Instant::now() + self.projection_wait;
         let mut delay = Duration::from_millis(20);
@@ -304,7 +297,7 @@ impl Live {
             if Instant::now() >= deadline {
                 return Err(HandleError::NotProjected);
             }
-            if pause(shutdown, delay).await {
+            if shutdown.sleep(delay).await {
                 return Ok(false);
             }
             delay = (delay * 2).min(Duration::from_millis(500));
@@ -476,18 +469,17 @@ impl Live {
         record: &OwnedMessage,
         reason: &str,
         detail: &str,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> bool {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         loop {
-            match self.dead_letter.record(record, reason, detail).await {
+            match self.dead_letter.send(&[(record, reason, detail)]).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "producing to the dead-letter topic failed; retrying");
-                    if pause(shutdown, backoff).await {
+                    if shutdown.sleep(backoff.next_delay()).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use infra::shutdown::Shutdown;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::{PgPool, Row};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::consumer::Stats;
@@ -65,7 +66,7 @@ struct Item {
 }
 
 impl DigestWorker {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: Shutdown) {
         loop {
             match self.round().await {
                 Ok(n) if n > 0 => continue,
@@ -73,7 +74,7 @@ impl DigestWorker {
                 Err(e) => tracing::warn!(error = %e, "digest round failed; retrying"),
             }
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = shutdown.triggered() => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.poll) => {}
             }

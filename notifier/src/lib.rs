@@ -26,7 +26,7 @@
 //! 4. [`digest`] mails, per user and window, every still-unread queued
 //!    message as one digest (lettre, plain text + HTML).
 //!
-//! Poison records go to the dead-letter topic ([`dead_letter`]); a
+//! Poison records go to the dead-letter topic ([`event_stream::dead_letter`]); a
 //! `MessageSent` whose conversation the projector has not reached within
 //! `NOTIFIER_PROJECTION_WAIT_SECS` goes there too (`not_projected`).
 //!
@@ -58,7 +58,8 @@
 //! - [`digest`]: the email digest worker.
 //! - [`prefs`]: subscriptions, settings and mutes in Postgres.
 //! - [`grpc`]: `NotifierService` over [`prefs`].
-//! - [`dead_letter`]: the dead-letter producer.
+//! - [`event_stream`]: the events consumer with offsets in PostgreSQL and
+//!   the dead-letter producer, shared with the projector.
 //!
 //! Secrets: subscription keys live only in `push_subscriptions`; the VAPID
 //! private key only in memory ([`webpush::VapidKey`]'s `Debug` shows the
@@ -66,7 +67,6 @@
 
 pub mod config;
 pub mod consumer;
-pub mod dead_letter;
 pub mod digest;
 pub mod grpc;
 pub mod prefs;
@@ -79,37 +79,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use domain::decode::Decoder;
+use event_stream::dead_letter::DeadLetter;
+use event_stream::offsets::EventsConsumer;
+use infra::grpc::GrpcServer;
+use infra::shutdown::Shutdown;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use proto::notifier::v1::notifier_service_server::NotifierServiceServer;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::config::Config;
-use crate::consumer::{Live, Stats};
-use crate::dead_letter::DeadLetter;
+use crate::consumer::{Consumer, Stats};
 use crate::digest::DigestWorker;
 use crate::prefs::Prefs;
 use crate::push::{PushSettings, PushWorker};
 use crate::webpush::VapidKey;
 
-/// The migrations of the whole platform, including the notifier's tables.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// Connects a pool to `url`.
-pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
-    PgPoolOptions::new()
-        .max_connections(size.max(2))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .context("connecting to PostgreSQL")
-}
+pub use infra::postgres::{connect, MIGRATOR};
 
 /// Reads the VAPID key file (its content is never logged).
 pub fn load_vapid_key(path: &std::path::Path) -> anyhow::Result<VapidKey> {
@@ -121,11 +110,10 @@ pub fn load_vapid_key(path: &std::path::Path) -> anyhow::Result<VapidKey> {
 /// A built, not yet running, notifier.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    server: GrpcServer,
     addr: SocketAddr,
-    tls: tonic::transport::ServerTlsConfig,
     grpc: grpc::NotifierGrpc,
-    live: Live,
+    consumer: Consumer,
     push: PushWorker,
     digest: DigestWorker,
     stats: Arc<Stats>,
@@ -136,27 +124,32 @@ impl Application {
     /// Connects PostgreSQL (migrating if configured), Redis, Kafka and the
     /// SMTP transport (lazily), loads the VAPID key, binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let pool = connect(&config.database_url, config.db_pool).await?;
-        if config.migrate {
-            MIGRATOR.run(&pool).await.context("applying migrations")?;
-        }
+        // The consumer, the push worker and the digest worker each use a
+        // connection at a time: never fewer than two.
+        let pool = infra::postgres::connect_and_migrate(
+            &config.postgres.database_url,
+            config.db_pool.max(2),
+            config.migrate,
+        )
+        .await?;
         let vapid = load_vapid_key(&config.vapid_private_key_file)?;
-        let redis = projector::fanout::connect(&config.redis_url)
-            .await
-            .context("connecting to Redis")?;
+        let redis = infra::redis::connect(&config.redis.redis_url).await?;
         let options = config.kafka_options().map_err(anyhow::Error::msg)?;
         // Offsets in PostgreSQL, every partition assigned (ADR 0005).
-        let source = projector::offsets::EventsConsumer::new(
-            &config.kafka_brokers,
+        let source = EventsConsumer::new(
+            &config.kafka.kafka_brokers,
             &config.group_id,
-            &config.events_topic,
+            &config.kafka.events_topic,
             config.fetch_wait_ms,
             &options,
         )
         .context("creating the Kafka consumer")?;
-        let dead_letter =
-            DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
-                .context("creating the dead-letter producer")?;
+        let dead_letter = DeadLetter::new(
+            &config.kafka.kafka_brokers,
+            &config.dead_letter_topic,
+            &options,
+        )
+        .context("creating the dead-letter producer")?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.push_timeout_ms))
             .pool_max_idle_per_host(config.push_per_origin.max(1))
@@ -179,7 +172,7 @@ impl Application {
             .mail_from
             .parse()
             .context("parsing NOTIFIER_MAIL_FROM")?;
-        let tls = infra::tls::server(&config.pki_dir, &config.tls_name)?;
+        let tls = infra::tls::server(&config.pki.pki_dir, &config.tls_name)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -187,12 +180,12 @@ impl Application {
         let stats = Arc::new(Stats::default());
         let wake_push = Arc::new(Notify::new());
         let wake_digest = Arc::new(Notify::new());
-        let live = Live {
+        let consumer = Consumer {
             source,
             pool: pool.clone(),
             redis,
-            prefix: config.redis_prefix.clone(),
-            decoder: projector::event::Decoder::new(),
+            prefix: config.redis.redis_prefix.clone(),
+            decoder: Decoder::new(),
             dead_letter: dead_letter.clone(),
             batch_size: config.batch_size.max(1),
             projection_wait: Duration::from_secs(config.projection_wait_secs),
@@ -250,16 +243,19 @@ impl Application {
             grpc::NotifierGrpc::new(Prefs::new(pool.clone(), config.email_delay_secs), vapid);
         tracing::info!(
             addr = %addr,
-            topic = %config.events_topic,
+            topic = %config.kafka.events_topic,
             group = %config.group_id,
             "notifier built"
         );
+        let reflection = config
+            .grpc
+            .grpc_reflection
+            .then_some(proto::FILE_DESCRIPTOR_SET);
         Ok(Self {
-            listener,
+            server: GrpcServer::new(listener, tls, reflection),
             addr,
-            tls,
             grpc,
-            live,
+            consumer,
             push,
             digest,
             stats,
@@ -290,49 +286,28 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<NotifierServiceServer<grpc::NotifierGrpc>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                let _ = stream.set_nodelay(true);
-            }
-            conn
-        });
-        let mut server_stop = stop_rx.clone();
-        let server = tonic::transport::Server::builder()
-            .tls_config(self.tls)?
-            .add_service(health_service)
-            .add_service(reflection)
+        let stop = Shutdown::new();
+        let server = self
+            .server
             .add_service(NotifierServiceServer::new(self.grpc))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            });
+            .serve(stop.triggered_owned());
         tracing::info!(addr = %self.addr, "notifier listening (mTLS)");
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         tasks.spawn(async move { server.await.context("gRPC server") });
-        let rx = stop_rx.clone();
-        let live = self.live;
+        let (consumer, push, digest) = (self.consumer, self.push, self.digest);
+        let s = stop.clone();
         tasks.spawn(async move {
-            live.run(rx).await;
+            consumer.run(s).await;
             Ok(())
         });
-        let rx = stop_rx.clone();
-        let push = self.push;
+        let s = stop.clone();
         tasks.spawn(async move {
-            push.run(rx).await;
+            push.run(s).await;
             Ok(())
         });
-        let rx = stop_rx;
-        let digest = self.digest;
+        let s = stop.clone();
         tasks.spawn(async move {
-            digest.run(rx).await;
+            digest.run(s).await;
             Ok(())
         });
         let mut result = Ok(());
@@ -346,7 +321,7 @@ impl Application {
             }
         }
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        stop.trigger();
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
                 tracing::error!(error = ?e, "notifier task failed");

@@ -60,17 +60,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use infra::shutdown::Shutdown;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::consumer::Stats;
-use crate::dead_letter::DeadLetter;
 use crate::webpush::{self, UaKeys, VapidKey};
+use event_stream::dead_letter::DeadLetter;
 
 /// SQL: whether a later row of `d`'s lane is still open (waiting for `d`).
 macro_rules! lane_continues {
@@ -173,7 +174,7 @@ impl PushWorker {
     /// flight (their rows stay claimed until the lease ends), and forgets
     /// answered rows not yet recorded (the same: `sending` until the lease
     /// ends, then sent again).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: Shutdown) {
         let this = Arc::new(self);
         let mut in_flight: HashMap<String, usize> = HashMap::new();
         let mut total = 0usize;
@@ -212,7 +213,7 @@ impl PushWorker {
                 freed.clear();
             }
             let first = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = shutdown.triggered() => break,
                 () = this.wake.notified() => None,
                 _ = poll.tick() => None,
                 Some(first) = done_rx.recv() => Some(first),
@@ -607,7 +608,7 @@ impl PushWorker {
                     "attempts": c.attempts,
                 });
                 self.dead_letter
-                    .push_failure(&c.user_id.to_string(), &detail, &value)
+                    .failure(&c.user_id.to_string(), "push_failed", &detail, &value)
                     .await?;
                 // The lane moves on past it.
                 let moved: Option<bool> = sqlx::query_scalar(concat!(

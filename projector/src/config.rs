@@ -9,12 +9,8 @@ use std::time::Duration;
 pub struct Config {
     /// PostgreSQL holding the event store (read for gap repair and rebuild)
     /// and the read models (written).
-    #[arg(
-        long,
-        env = "MESSENGER_DATABASE_URL",
-        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: infra::postgres::PostgresArgs,
     /// Connections in the pool. The live loop uses one at a time; rebuild
     /// and gap repair share it.
     #[arg(long, env = "PROJECTOR_DB_POOL", default_value_t = 4)]
@@ -24,19 +20,8 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
     /// Kafka (or tansu / Redpanda) bootstrap servers.
-    #[arg(
-        long,
-        env = "MESSENGER_KAFKA_BROKERS",
-        default_value = "127.0.0.1:59092"
-    )]
-    pub kafka_brokers: String,
-    /// Topic the outbox relay publishes every event to.
-    #[arg(
-        long,
-        env = "MESSENGER_EVENTS_TOPIC",
-        default_value = "messenger.events"
-    )]
-    pub events_topic: String,
+    #[command(flatten)]
+    pub kafka: infra::cli::KafkaArgs,
     /// Topic receiving records the projector cannot decode (poison records),
     /// with the reason in headers.
     #[arg(
@@ -65,15 +50,8 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "projector")]
     pub group_id: String,
     /// Redis for pub/sub fan-out and cache generations.
-    #[arg(
-        long,
-        env = "MESSENGER_REDIS_URL",
-        default_value = "redis://127.0.0.1:56379"
-    )]
-    pub redis_url: String,
-    /// Prefix of every Redis key and channel (see `infra::keys`).
-    #[arg(long, env = "MESSENGER_REDIS_PREFIX", default_value = "msg")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: infra::cli::RedisArgs,
     /// Most Kafka records applied in one read-model transaction. A batch is
     /// whatever is immediately available up to this size, so a quiet topic
     /// is projected record by record with no added latency.
@@ -92,15 +70,7 @@ pub struct Config {
 impl Config {
     /// [`Self::kafka_options`] as pairs; an entry without `=` is refused.
     pub fn kafka_options(&self) -> Result<Vec<(&str, &str)>, String> {
-        self.kafka_options
-            .iter()
-            .filter(|o| !o.trim().is_empty())
-            .map(|o| {
-                o.split_once('=')
-                    .map(|(k, v)| (k.trim(), v.trim()))
-                    .ok_or_else(|| format!("kafka option {o:?} is not key=value"))
-            })
-            .collect()
+        infra::cli::kafka_options(&self.kafka_options)
     }
 
     /// [`Self::redis_retry_secs`] as a duration.
@@ -112,11 +82,10 @@ impl Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("events_topic", &self.events_topic)
+            .field("kafka", &self.kafka)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("group_id", &self.group_id)
-            .field("redis_prefix", &self.redis_prefix)
+            .field("redis", &self.redis)
             .field("batch_size", &self.batch_size)
             .finish_non_exhaustive()
     }
@@ -129,11 +98,5 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    #[derive(clap::Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        config: Config,
-    }
-    use clap::Parser;
-    Wrapper::try_parse_from(args).map(|w| w.config)
+    infra::cli::parse_from(args)
 }

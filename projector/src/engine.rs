@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use sqlx::{PgConnection, Row};
 
-use crate::event::{Decoder, ProjectedEvent};
 use crate::projection::{Projection, ProjectionError};
 use crate::store::{self, StoreError};
+use domain::decode::{DecodedEvent, Decoder};
 
 /// What applying a batch did.
 #[derive(Debug, Default)]
@@ -44,7 +44,7 @@ pub struct Outcome {
     pub repaired: u64,
     /// Events newly applied by the fan-out projection, in application order
     /// (repaired ones included): what the live loop publishes.
-    pub fanout: Vec<ProjectedEvent>,
+    pub fanout: Vec<DecodedEvent>,
 }
 
 /// Why a batch could not be applied; its transaction must be rolled back.
@@ -120,7 +120,7 @@ impl Engine {
         &self,
         conn: &mut PgConnection,
         projections: &[Arc<dyn Projection>],
-        events: &[ProjectedEvent],
+        events: &[DecodedEvent],
         fanout: Option<&str>,
     ) -> Result<Outcome, EngineError> {
         let mut out = Outcome::default();
@@ -183,7 +183,7 @@ impl Engine {
         }
         let mut max_position: Vec<Option<i64>> = vec![None; projections.len()];
         for (pi, p) in projections.iter().enumerate() {
-            let list: Vec<&ProjectedEvent> = plans[pi]
+            let list: Vec<&DecodedEvent> = plans[pi]
                 .iter()
                 .map(|planned| match planned {
                     Planned::Batch(index) => &events[*index],
@@ -220,10 +220,10 @@ enum Planned {
     /// The batch's event at this index.
     Batch(usize),
     /// An event read from the store to fill a gap.
-    Repaired(Box<ProjectedEvent>),
+    Repaired(Box<DecodedEvent>),
 }
 
-fn describe(e: &ProjectedEvent) -> String {
+fn describe(e: &DecodedEvent) -> String {
     format!(
         "{}/{}#{} ({})",
         e.envelope.aggregate_type,
@@ -244,7 +244,7 @@ fn raise(max: &mut Option<i64>, position: Option<i64>) {
 async fn lock_checkpoints<'a>(
     conn: &mut PgConnection,
     projections: &[Arc<dyn Projection>],
-    events: &'a [ProjectedEvent],
+    events: &'a [DecodedEvent],
 ) -> Result<HashMap<Key<'a>, i64>, EngineError> {
     let mut keys: BTreeSet<(&str, &str, &str, usize)> = BTreeSet::new();
     for (pi, p) in projections.iter().enumerate() {

@@ -34,17 +34,18 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use domain::conversation::ConversationEvent;
+use domain::decode::{AnyEvent, DecodedEvent};
 use domain::read_marker::ReadMarkerEvent;
 use fred::prelude::{Client, ClientLike, KeysInterface, PubsubInterface};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::event::{Event, ProjectedEvent};
+use infra::retry::Backoff;
 
 /// The API.md WebSocket frame of an event, or `None` for events without
 /// one (user events, and events without a global position).
-pub fn frame(event: &ProjectedEvent) -> Option<String> {
+pub fn frame(event: &DecodedEvent) -> Option<String> {
     let conversation_id = event.conversation_id()?;
     let position = event.envelope.position?;
     let e = &event.envelope;
@@ -85,7 +86,7 @@ impl Plan {
 pub async fn plan(
     conn: &mut PgConnection,
     prefix: &str,
-    events: &[ProjectedEvent],
+    events: &[DecodedEvent],
 ) -> Result<Plan, sqlx::Error> {
     use infra::keys::{conv_channel, generation, user_channel};
     let mut plan = Plan::default();
@@ -94,7 +95,7 @@ pub async fn plan(
     for event in events {
         let frame = frame(event);
         match &event.event {
-            Event::Conversation(e) => {
+            AnyEvent::Conversation(e) => {
                 let conv = event.stream_id;
                 conversations.insert(conv);
                 if let Some(frame) = &frame {
@@ -117,14 +118,14 @@ pub async fn plan(
                     }
                 }
             }
-            Event::ReadMarker(ReadMarkerEvent::ReadMarkerMoved { user_id, .. }) => {
+            AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved { user_id, .. }) => {
                 users.insert(user_id.0);
                 if let Some(frame) = frame {
                     plan.messages
                         .push((user_channel(prefix, &user_id.to_string()), frame));
                 }
             }
-            Event::User(_) => {
+            AnyEvent::User(_) => {
                 users.insert(event.stream_id);
             }
         }
@@ -184,14 +185,14 @@ impl Fanout {
             return Ok(());
         }
         let deadline = Instant::now() + self.retry_for;
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
         loop {
+            let delay = backoff.next_delay();
             match self.pipeline(plan).await {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() + backoff < deadline => {
+                Err(e) if Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, "redis fan-out failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -231,25 +232,11 @@ impl Fanout {
     }
 }
 
-/// Connects to Redis at `url`, reconnecting forever with backoff.
-pub async fn connect(url: &str) -> Result<Client, fred::error::Error> {
-    use fred::prelude::{Builder, Config, ReconnectPolicy};
-    let config = Config::from_url(url)?;
-    let client = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(5);
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()?;
-    client.init().await?;
-    Ok(client)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::event::Decoder;
+    use domain::decode::Decoder;
     use serde_json::Value;
 
     #[test]

@@ -11,9 +11,12 @@
 //!
 //! - [`live`]: the consumer loop; batches, retries, offset commits after
 //!   the read-model transaction, and the [`live::Stats`] counters.
-//! - [`event`]: decoding a record into a [`event::ProjectedEvent`]:
-//!   envelope, upcasters, typed domain event; or a [`event::Poison`].
-//! - [`dead_letter`]: where poison records go, with the reason in headers.
+//! - [`domain::decode`]: decoding a record into a
+//!   [`DecodedEvent`](domain::decode::DecodedEvent): envelope, upcasters,
+//!   typed domain event; or a [`Poison`](domain::decode::Poison), which goes
+//!   to the dead-letter topic ([`event_stream::dead_letter`]) with the
+//!   reason in headers. Kafka offsets live in PostgreSQL
+//!   ([`event_stream::offsets`]).
 //! - [`engine`]: applies a batch to projections in one transaction, with
 //!   per-stream checkpoints (dedupe) and gap repair from the event store.
 //! - [`projection`]: the `Projection` trait and the registry, the
@@ -32,12 +35,9 @@
 //! progress. [`rebuild`](fn@rebuild) is the `rebuild` subcommand.
 
 pub mod config;
-pub mod dead_letter;
 pub mod engine;
-pub mod event;
 pub mod fanout;
 pub mod live;
-pub mod offsets;
 pub mod projection;
 pub mod projections;
 pub mod rebuild;
@@ -45,44 +45,30 @@ pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use domain::decode::Decoder;
+use event_stream::dead_letter::DeadLetter;
+use event_stream::offsets::EventsConsumer;
+use infra::shutdown::Shutdown;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::dead_letter::DeadLetter;
 use crate::engine::Engine;
-use crate::event::Decoder;
 use crate::fanout::Fanout;
 use crate::live::{Live, Stats};
-use crate::offsets::EventsConsumer;
 use crate::projection::Registry;
 use crate::rebuild::{RebuildOptions, RebuildReport};
 
-/// The migrations of the whole platform (`migrations/` at the repo root),
-/// including the projector's own tables.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// Connects a pool to `url`.
-pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
-    PgPoolOptions::new()
-        .max_connections(size.max(1))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .context("connecting to PostgreSQL")
-}
+pub use infra::postgres::{connect, MIGRATOR};
 
 async fn prepare_database(config: &Config) -> anyhow::Result<PgPool> {
-    let pool = connect(&config.database_url, config.db_pool).await?;
-    if config.migrate {
-        MIGRATOR.run(&pool).await.context("applying migrations")?;
-    }
-    Ok(pool)
+    infra::postgres::connect_and_migrate(
+        &config.postgres.database_url,
+        config.db_pool,
+        config.migrate,
+    )
+    .await
 }
 
 /// A built, not yet running, live projector.
@@ -107,22 +93,23 @@ impl Application {
         decoder: Decoder,
     ) -> anyhow::Result<Self> {
         let pool = prepare_database(config).await?;
-        let redis = fanout::connect(&config.redis_url)
-            .await
-            .context("connecting to Redis")?;
+        let redis = infra::redis::connect(&config.redis.redis_url).await?;
         let options = config.kafka_options().map_err(anyhow::Error::msg)?;
         // Offsets in PostgreSQL, every partition assigned (ADR 0005).
         let source = EventsConsumer::new(
-            &config.kafka_brokers,
+            &config.kafka.kafka_brokers,
             &config.group_id,
-            &config.events_topic,
+            &config.kafka.events_topic,
             config.fetch_wait_ms,
             &options,
         )
         .context("creating the Kafka consumer")?;
-        let dead_letter =
-            DeadLetter::new(&config.kafka_brokers, &config.dead_letter_topic, &options)
-                .context("creating the dead-letter producer")?;
+        let dead_letter = DeadLetter::new(
+            &config.kafka.kafka_brokers,
+            &config.dead_letter_topic,
+            &options,
+        )
+        .context("creating the dead-letter producer")?;
         let stats = Arc::new(Stats::default());
         let live = Live {
             source,
@@ -130,13 +117,13 @@ impl Application {
             engine: Engine::new(decoder),
             projections: registry.all().to_vec(),
             fanout: Fanout::new(redis, config.redis_retry()),
-            prefix: config.redis_prefix.clone(),
+            prefix: config.redis.redis_prefix.clone(),
             dead_letter,
             batch_size: config.batch_size.max(1),
             stats: stats.clone(),
         };
         tracing::info!(
-            topic = %config.events_topic,
+            topic = %config.kafka.events_topic,
             group = %config.group_id,
             projections = ?registry.all().iter().map(|p| p.name()).collect::<Vec<_>>(),
             "projector built"
@@ -160,7 +147,7 @@ impl Application {
     /// apart from the broker.
     pub async fn project(
         &self,
-        events: &[event::ProjectedEvent],
+        events: &[domain::decode::DecodedEvent],
     ) -> anyhow::Result<engine::Outcome> {
         self.live.project(events).await
     }
@@ -171,13 +158,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = Shutdown::new();
         let fanout = self.live.fanout.clone();
-        let mut task = tokio::spawn(self.live.run(stop_rx));
+        let mut task = tokio::spawn(self.live.run(stop.clone()));
         tokio::select! {
             () = shutdown => {
                 tracing::info!("shutting down");
-                let _ = stop_tx.send(true);
+                stop.trigger();
                 (&mut task).await?;
             }
             r = &mut task => r?,
@@ -226,15 +213,13 @@ async fn invalidate_caches(config: &Config, pool: &PgPool) -> anyhow::Result<()>
     let users: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT user_id FROM rm_users")
         .fetch_all(pool)
         .await?;
-    let p = &config.redis_prefix;
+    let p = &config.redis.redis_prefix;
     let keys: Vec<String> = convs
         .iter()
         .map(|c| generation(p, "conv", &c.to_string()))
         .chain(users.iter().map(|u| generation(p, "user", &u.to_string())))
         .collect();
-    let client = fanout::connect(&config.redis_url)
-        .await
-        .context("connecting to Redis")?;
+    let client = infra::redis::connect(&config.redis.redis_url).await?;
     let fanout = Fanout::new(client, config.redis_retry());
     fanout
         .bump(&keys)

@@ -25,15 +25,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::decode::{DecodedEvent, Poison, PoisonReason};
+use event_stream::dead_letter::DeadLetter;
+use event_stream::offsets::{next_offsets, EventsConsumer};
+use infra::retry::Backoff;
+use infra::shutdown::Shutdown;
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
-use crate::dead_letter::DeadLetter;
 use crate::engine::{Engine, EngineError, Outcome};
-use crate::event::{Poison, PoisonReason, ProjectedEvent};
 use crate::fanout::{self, Fanout, Plan};
-use crate::offsets::{next_offsets, pause, EventsConsumer};
 use crate::projection::Projection;
 use crate::projections::core;
 
@@ -116,22 +117,18 @@ enum Step<T> {
     Stopped,
 }
 
-fn next_backoff(d: Duration) -> Duration {
-    (d * 2).min(Duration::from_secs(10))
-}
-
 impl Live {
     /// Consumes until `shutdown` turns true; the batch in progress finishes
     /// (or, while it is retrying, is abandoned uncommitted).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: Shutdown) {
         // The leader connection is held until the loop ends: a standby
         // waits on it.
-        let Some(_leader) = self.source.start(&self.pool, &mut shutdown).await else {
+        let Some(_leader) = self.source.start(&self.pool, &shutdown).await else {
             return;
         };
         let mut batches = self.source.batches(self.batch_size);
-        while let Some(batch) = batches.next(&mut shutdown).await {
-            match self.process(&batch, &mut shutdown).await {
+        while let Some(batch) = batches.next(&shutdown).await {
+            match self.process(&batch, &shutdown).await {
                 Step::Done(()) => {}
                 Step::Stopped => break,
             }
@@ -142,13 +139,9 @@ impl Live {
     }
 
     #[tracing::instrument(skip_all, fields(records = batch.len()))]
-    async fn process(
-        &self,
-        batch: &[OwnedMessage],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Step<()> {
+    async fn process(&self, batch: &[OwnedMessage], shutdown: &Shutdown) -> Step<()> {
         Stats::add(&self.stats.records, batch.len() as u64);
-        let mut events: Vec<ProjectedEvent> = Vec::with_capacity(batch.len());
+        let mut events: Vec<DecodedEvent> = Vec::with_capacity(batch.len());
         let mut origin: Vec<usize> = Vec::with_capacity(batch.len());
         let mut poison: Vec<(usize, Poison)> = Vec::new();
         for (i, record) in batch.iter().enumerate() {
@@ -171,7 +164,7 @@ impl Live {
             return Step::Stopped;
         }
         let offsets = next_offsets(batch);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         let (outcome, plan) = loop {
             match self.apply(&events, &offsets).await {
                 Ok(done) => break done,
@@ -189,10 +182,9 @@ impl Live {
                     } else {
                         tracing::error!(error = ?e, "read-model transaction failed; retrying");
                     }
-                    if pause(shutdown, backoff).await {
+                    if shutdown.sleep(backoff.next_delay()).await {
                         return Step::Stopped;
                     }
-                    backoff = next_backoff(backoff);
                 }
             }
         };
@@ -213,7 +205,7 @@ impl Live {
     }
 
     /// One batch without Kafka: apply, commit, fan out.
-    pub(crate) async fn project(&self, events: &[ProjectedEvent]) -> anyhow::Result<Outcome> {
+    pub(crate) async fn project(&self, events: &[DecodedEvent]) -> anyhow::Result<Outcome> {
         let (outcome, plan) = self.apply(events, &[]).await?;
         self.fanout.execute(&plan).await?;
         Ok(outcome)
@@ -221,7 +213,7 @@ impl Live {
 
     async fn apply(
         &self,
-        events: &[ProjectedEvent],
+        events: &[DecodedEvent],
         offsets: &[(i32, i64)],
     ) -> Result<(Outcome, Plan), EngineError> {
         let mut tx = self.pool.begin().await?;
@@ -239,30 +231,31 @@ impl Live {
         &self,
         batch: &[OwnedMessage],
         poison: &[(usize, Poison)],
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Step<()> {
         if poison.is_empty() {
             return Step::Done(());
         }
-        let records: Vec<(&OwnedMessage, &Poison)> =
-            poison.iter().map(|(i, p)| (&batch[*i], p)).collect();
-        let mut backoff = Duration::from_millis(50);
+        let records: Vec<(&OwnedMessage, &str, &str)> = poison
+            .iter()
+            .map(|(i, p)| (&batch[*i], p.reason.as_str(), p.detail.as_str()))
+            .collect();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         loop {
             match self.dead_letter.send(&records).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "producing to the dead-letter topic failed; retrying");
-                    if pause(shutdown, backoff).await {
+                    if shutdown.sleep(backoff.next_delay()).await {
                         return Step::Stopped;
                     }
-                    backoff = next_backoff(backoff);
                 }
             }
         }
-        for (record, p) in records {
+        for (record, reason, detail) in records {
             tracing::warn!(
-                reason = p.reason.as_str(),
-                detail = %p.detail,
+                reason,
+                detail,
                 topic = record.topic(),
                 partition = record.partition(),
                 offset = record.offset(),

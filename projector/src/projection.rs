@@ -28,7 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use crate::event::ProjectedEvent;
+use domain::decode::DecodedEvent;
 
 /// Why a projection could not apply an event. The batch's transaction is
 /// rolled back and retried; nothing is skipped.
@@ -54,7 +54,7 @@ pub trait Projection: Send + Sync + std::fmt::Debug {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &ProjectedEvent,
+        event: &DecodedEvent,
     ) -> Result<(), ProjectionError>;
 
     /// Applies the events of one batch, in order (already deduplicated and
@@ -64,7 +64,7 @@ pub trait Projection: Send + Sync + std::fmt::Debug {
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        events: &[&ProjectedEvent],
+        events: &[&DecodedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events {
             self.apply(conn, event).await?;
@@ -184,7 +184,7 @@ mod tests {
         async fn apply(
             &self,
             _conn: &mut PgConnection,
-            _event: &ProjectedEvent,
+            _event: &DecodedEvent,
         ) -> Result<(), ProjectionError> {
             Ok(())
         }

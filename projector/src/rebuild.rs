@@ -46,9 +46,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sqlx::PgPool;
 
 use crate::engine::{is_transient, Engine, EngineError};
-use crate::event::ProjectedEvent;
 use crate::projection::Projection;
 use crate::store::{self, StoreError};
+use domain::decode::DecodedEvent;
 
 /// How to rebuild.
 #[derive(Debug, Clone, Copy)]
@@ -248,7 +248,7 @@ async fn batch(
     let Some(last) = envelopes.last().and_then(|e| e.position) else {
         return Ok(None);
     };
-    let mut events: Vec<ProjectedEvent> = Vec::with_capacity(envelopes.len());
+    let mut events: Vec<DecodedEvent> = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
         let (t, i, s) = (
             envelope.aggregate_type.clone(),

@@ -1,7 +1,7 @@
 //! Reading the event store (`events`, same database as the read models):
 //! a range of one stream for gap repair, and the global log by position for
 //! rebuilds. Rows are turned into the same envelope as on Kafka, so they go
-//! through the same [`Decoder`](crate::event::Decoder).
+//! through the same [`Decoder`](domain::decode::Decoder).
 
 use chrono::{DateTime, Utc};
 use domain::envelope::Envelope;
@@ -10,7 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::event::{Poison, PoisonReason};
+use domain::decode::{Poison, PoisonReason};
 
 const COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, event_version, \
                        payload::text AS payload, metadata::text AS metadata, position";

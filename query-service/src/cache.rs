@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use fred::prelude::{
-    Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy,
-};
+use fred::prelude::{ClientLike, Expiration, KeysInterface, Pool};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -107,16 +105,13 @@ impl Cache {
         timeout: Duration,
         connections: usize,
     ) -> anyhow::Result<Self> {
-        let config = Config::from_url(url).context("parsing the Redis URL")?;
-        let pool = Builder::from_config(config)
+        let pool = infra::redis::builder(url)?
             .with_config(|c| c.fail_fast = false)
             .with_performance_config(|p| p.default_command_timeout = timeout)
             .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 1;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_pool(connections.max(1))
             .context("building the Redis pool")?;
         // The handle resolves only when the pool quits; dropping it detaches.

@@ -2,7 +2,6 @@
 //! Every setting has an env var and a documented default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of query-service. `Debug` is hand-written: the database and
@@ -10,12 +9,8 @@ use std::time::Duration;
 #[derive(Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL holding the read models and the event store.
-    #[arg(
-        long,
-        env = "MESSENGER_DATABASE_URL",
-        default_value = "postgres://messenger:messenger@127.0.0.1:55432/messenger"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: infra::postgres::PostgresArgs,
     /// Connections in the pool.
     #[arg(long, env = "QUERY_SERVICE_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
@@ -23,21 +18,17 @@ pub struct Config {
     #[arg(long, env = "QUERY_SERVICE_ADDR", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// Directory with `ca.pem` and this service's `NAME.pem`/`NAME.key`.
-    #[arg(long, env = "MESSENGER_PKI_DIR", default_value = ".dev/pki")]
-    pub pki_dir: PathBuf,
+    #[command(flatten)]
+    pub pki: infra::cli::PkiArgs,
+    /// gRPC server options.
+    #[command(flatten)]
+    pub grpc: infra::cli::GrpcArgs,
     /// Certificate name of this service inside the PKI directory.
     #[arg(long, env = "QUERY_SERVICE_TLS_NAME", default_value = "query-service")]
     pub tls_name: String,
     /// Redis holding the cache and its generation counters.
-    #[arg(
-        long,
-        env = "MESSENGER_REDIS_URL",
-        default_value = "redis://127.0.0.1:56379"
-    )]
-    pub redis_url: String,
-    /// Prefix of every Redis key (shared with the projector and gateway).
-    #[arg(long, env = "MESSENGER_REDIS_PREFIX", default_value = "msg")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: infra::cli::RedisArgs,
     /// Use the Redis cache at all (`false` reads PostgreSQL only; for
     /// measurements and emergencies).
     #[arg(long, env = "QUERY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -73,7 +64,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("db_pool", &self.db_pool)
-            .field("redis_prefix", &self.redis_prefix)
+            .field("redis", &self.redis)
             .field("cache", &self.cache)
             .field("cache_ttl_secs", &self.cache_ttl_secs)
             .finish_non_exhaustive()
@@ -87,11 +78,5 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    #[derive(clap::Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        config: Config,
-    }
-    use clap::Parser;
-    Wrapper::try_parse_from(args).map(|w| w.config)
+    infra::cli::parse_from(args)
 }

@@ -70,50 +70,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use infra::grpc::GrpcServer;
+use infra::shutdown::Shutdown;
 use proto::query::v1::query_service_server::QueryServiceServer;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::reads::Reads;
 
-/// Connects a pool to `url`.
-pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .context("connecting to PostgreSQL")
-}
+pub use infra::postgres::connect;
 
 /// A built, not yet running, query-service.
 #[derive(Debug)]
 pub struct Application {
     /// Bound before running so `local_addr` is known (port 0 in tests).
-    listener: TcpListener,
+    server: GrpcServer,
     addr: SocketAddr,
     /// The reads, shared with in-process callers (tests, benchmarks).
     reads: Reads,
-    /// Server side of mutual TLS.
-    tls: tonic::transport::ServerTlsConfig,
 }
 
 impl Application {
     /// Connects PostgreSQL, starts connecting Redis (in the background: the
     /// service serves from PostgreSQL until Redis answers), binds the listener.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let pool = connect(&config.database_url, config.db_pool).await?;
+        let pool = connect(&config.postgres.database_url, config.db_pool).await?;
         let cache = if config.cache {
             Cache::connect(
-                &config.redis_url,
-                &config.redis_prefix,
+                &config.redis.redis_url,
+                &config.redis.redis_prefix,
                 config.cache_ttl(),
                 config.redis_timeout(),
                 config.redis_pool,
@@ -126,16 +112,19 @@ impl Application {
         if config.cache && !cache.wait_connected(Duration::from_secs(2)).await {
             tracing::warn!("Redis not reachable yet; serving from PostgreSQL meanwhile");
         }
-        let tls = infra::tls::server(&config.pki_dir, &config.tls_name)?;
+        let tls = infra::tls::server(&config.pki.pki_dir, &config.tls_name)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let reflection = config
+            .grpc
+            .grpc_reflection
+            .then_some(proto::FILE_DESCRIPTOR_SET);
         Ok(Self {
-            listener,
+            server: GrpcServer::new(listener, tls, reflection),
             addr,
             reads: Reads::new(pool, cache),
-            tls,
         })
     }
 
@@ -155,40 +144,17 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<QueryServiceServer<grpc::QueryGrpc>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         tracing::info!(addr = %self.addr, "query-service listening (mTLS)");
         let reads = self.reads.clone();
-        // Small request/response pairs: without TCP_NODELAY, Nagle and
-        // delayed ACKs add ~40 ms to a call. (`Server::tcp_nodelay` applies
-        // only to listeners tonic binds itself, not to an incoming stream.)
-        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            }
-            conn
-        });
-        let server = tonic::transport::Server::builder()
-            .tls_config(self.tls)?
-            .add_service(health_service)
-            .add_service(reflection)
+        let stop = Shutdown::new();
+        let server = self
+            .server
             .add_service(QueryServiceServer::new(grpc::QueryGrpc::new(self.reads)))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            });
+            .serve(stop.triggered_owned());
         let server = tokio::spawn(server);
         shutdown.await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        stop.trigger();
         server.await??;
         reads.cache().quit().await;
         reads.pool().close().await;

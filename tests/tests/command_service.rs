@@ -1025,10 +1025,10 @@ async fn relay_crash_between_publish_and_mark_loses_nothing() -> Result<()> {
         10,
         "the unconfirmed batch is pending"
     );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(restarted.run(rx));
+    let stop = infra::shutdown::Shutdown::new();
+    let run = tokio::spawn(restarted.run(stop.clone()));
     let records = all_on_kafka_with_duplicates(&svc, 10).await?;
-    let _ = stop.send(true);
+    stop.trigger();
     run.await??;
     let ids: HashSet<&str> = records
         .iter()

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use command_service::commands::{Commands, SentMessage};
 use command_service::store::CommandMeta;
+use domain::decode::Decoder;
 use domain::values::UserId;
 use fred::prelude::{ClientLike, KeysInterface};
 use projector::engine::Engine;
-use projector::event::Decoder;
 use projector::projection::Registry;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -1035,7 +1035,7 @@ async fn a_gap_in_a_stream_is_repaired_from_the_event_store() -> Result<()> {
 async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Result<()> {
     let svc = CommandService::start(CommandServiceOptions::default()).await?;
     let proj = RunningProjector::start(&svc, ProjectorOptions::default()).await?;
-    let prefix = proj.config.redis_prefix.clone();
+    let prefix = proj.config.redis.redis_prefix.clone();
     let c = &svc.commands;
     let ann = register(c, "ann").await?;
     let bob = register(c, "bob").await?;
@@ -1124,7 +1124,7 @@ async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Re
 async fn generations_are_bumped_after_member_removed_and_conversation_renamed() -> Result<()> {
     let svc = CommandService::start(CommandServiceOptions::default()).await?;
     let proj = RunningProjector::start(&svc, ProjectorOptions::default()).await?;
-    let p = proj.config.redis_prefix.clone();
+    let p = proj.config.redis.redis_prefix.clone();
     let c = &svc.commands;
     let ann = register(c, "ann").await?;
     let bob = register(c, "bob").await?;
@@ -1318,7 +1318,7 @@ async fn figures_projector_throughput_and_latency() -> Result<()> {
         .await?
         .to_string();
     let mut sub = Subscriber::connect().await?;
-    let channel = infra::keys::conv_channel(&live.config.redis_prefix, &g);
+    let channel = infra::keys::conv_channel(&live.config.redis.redis_prefix, &g);
     sub.subscribe(&channel).await?;
     // A plain consumer timestamps each record's arrival on Kafka, to split
     // the total into relay + broker and projector + Redis.

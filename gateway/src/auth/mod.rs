@@ -40,7 +40,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
     })?;
     let active = sessions::is_active(
         &state.redis,
-        &state.config.redis_prefix,
+        &state.config.redis.redis_prefix,
         claims.session_id,
         claims.user_id,
     )

@@ -385,7 +385,7 @@ pub async fn login(
     ratelimit::give_back(&state, hit).await;
     let created = sessions::create(
         &state.redis,
-        &state.config.redis_prefix,
+        &state.config.redis.redis_prefix,
         user_id,
         &user_agent(&headers),
         refresh_ttl(&state),
@@ -417,7 +417,7 @@ pub async fn refresh(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let rotation = sessions::rotate(
         &state.redis,
-        &state.config.redis_prefix,
+        &state.config.redis.redis_prefix,
         &body.refresh_token,
         refresh_ttl(&state),
     )
@@ -458,7 +458,7 @@ pub async fn refresh(
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     sessions::revoke(
         &state.redis,
-        &state.config.redis_prefix,
+        &state.config.redis.redis_prefix,
         user.user_id,
         user.session_id,
     )
@@ -480,7 +480,7 @@ pub async fn list_sessions(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<SessionList>, ApiError> {
-    let list = sessions::list(&state.redis, &state.config.redis_prefix, user.user_id)
+    let list = sessions::list(&state.redis, &state.config.redis.redis_prefix, user.user_id)
         .await
         .map_err(|e| session_store(&e))?;
     Ok(Json(SessionList {
@@ -514,7 +514,7 @@ pub async fn delete_session(
 ) -> Result<StatusCode, ApiError> {
     let revoked = sessions::revoke(
         &state.redis,
-        &state.config.redis_prefix,
+        &state.config.redis.redis_prefix,
         user.user_id,
         session_id,
     )
@@ -624,9 +624,14 @@ pub async fn reset_password(
         }
         Err(s) => return Err(s.into()),
     };
-    let revoked = sessions::revoke_all(&state.redis, &state.config.redis_prefix, user_id, None)
-        .await
-        .map_err(|e| session_store(&e))?;
+    let revoked = sessions::revoke_all(
+        &state.redis,
+        &state.config.redis.redis_prefix,
+        user_id,
+        None,
+    )
+    .await
+    .map_err(|e| session_store(&e))?;
     tracing::info!(%user_id, revoked, "password reset; sessions revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -688,7 +693,7 @@ pub async fn change_password(
     ratelimit::give_back(&state, hit).await;
     let revoked = sessions::revoke_all(
         &state.redis,
-        &state.config.redis_prefix,
+        &state.config.redis.redis_prefix,
         user.user_id,
         Some(user.session_id),
     )

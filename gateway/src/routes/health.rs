@@ -30,7 +30,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let limit = Duration::from_secs(2);
     let redis = tokio::time::timeout(
         limit,
-        crate::auth::sessions::ping(&state.redis, &state.config.redis_prefix),
+        crate::auth::sessions::ping(&state.redis, &state.config.redis.redis_prefix),
     )
     .await
     .is_ok_and(|r| r.is_ok());

@@ -52,7 +52,7 @@ use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::{Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::prelude::{Builder, ReconnectPolicy};
+use infra::retry::Backoff;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 use uuid::Uuid;
@@ -272,21 +272,17 @@ impl Hub {
         metrics: Arc<Metrics>,
         publisher: Pool,
     ) -> anyhow::Result<Arc<Self>> {
-        let redis_config =
-            fred::prelude::Config::from_url(&config.redis_url).context("parsing the Redis URL")?;
-        let subscriber = Builder::from_config(redis_config)
+        let subscriber = infra::redis::builder(&config.redis.redis_url)?
             .with_performance_config(|p| {
                 // The dispatch task drains it quickly; a burst beyond this
                 // is lost to the sockets (repaired by seq gap detection).
                 p.broadcast_channel_capacity = 1 << 16;
             })
             .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
                 // Named in CLIENT LIST, so an operator (or a test) can tell
                 // which connection carries a gateway's live path.
                 c.auto_client_setname = true;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_subscriber_client()
             .context("building the Redis subscriber")?;
         subscriber
@@ -297,7 +293,7 @@ impl Hub {
         let (changed, changes) = mpsc::unbounded_channel();
         let instance = Uuid::now_v7();
         let hub = Arc::new(Self {
-            prefix: config.redis_prefix.clone(),
+            prefix: config.redis.redis_prefix.clone(),
             subscriber,
             registry: Mutex::new(HashMap::new()),
             changed,
@@ -305,7 +301,10 @@ impl Hub {
             next_id: AtomicU64::new(1),
             instance,
             metrics,
-            probe_channel: infra::keys::probe_channel(&config.redis_prefix, &instance.to_string()),
+            probe_channel: infra::keys::probe_channel(
+                &config.redis.redis_prefix,
+                &instance.to_string(),
+            ),
             probe_seen: watch::channel(0).0,
             live_up: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -611,7 +610,7 @@ async fn reconnects(
 async fn subscriptions(hub: std::sync::Weak<Hub>, mut changes: mpsc::UnboundedReceiver<String>) {
     let mut subscribed: HashSet<String> = HashSet::new();
     let mut pending: HashSet<String> = HashSet::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         if pending.is_empty() {
             match changes.recv().await {
@@ -682,10 +681,9 @@ async fn subscriptions(hub: std::sync::Weak<Hub>, mut changes: mpsc::UnboundedRe
         }
         drop(hub);
         if failed {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.next_delay()).await;
         } else {
-            backoff = Duration::from_millis(50);
+            backoff.reset();
         }
     }
 }

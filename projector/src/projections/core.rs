@@ -51,8 +51,8 @@ use domain::user::UserEvent;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::event::{Event, ProjectedEvent};
 use crate::projection::{Projection, ProjectionError};
+use domain::decode::{AnyEvent, DecodedEvent};
 
 /// The core read model.
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,7 +84,7 @@ impl Projection for Core {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &ProjectedEvent,
+        event: &DecodedEvent,
     ) -> Result<(), ProjectionError> {
         self.apply_batch(conn, &[event]).await
     }
@@ -92,7 +92,7 @@ impl Projection for Core {
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        events: &[&ProjectedEvent],
+        events: &[&DecodedEvent],
     ) -> Result<(), ProjectionError> {
         if events.is_empty() {
             return Ok(());
@@ -250,7 +250,7 @@ fn kind(k: ConversationKind) -> &'static str {
 
 impl State {
     /// Loads every row the events can read or change.
-    async fn load(conn: &mut PgConnection, events: &[&ProjectedEvent]) -> sqlx::Result<Self> {
+    async fn load(conn: &mut PgConnection, events: &[&DecodedEvent]) -> sqlx::Result<Self> {
         let mut users = BTreeSet::new();
         let mut convs = BTreeSet::new();
         // Conversations whose members are read (joined_seq, role), and
@@ -262,10 +262,10 @@ impl State {
         let mut referenced = BTreeSet::new();
         for e in events {
             match &e.event {
-                Event::User(_) => {
+                AnyEvent::User(_) => {
                     users.insert(e.stream_id);
                 }
-                Event::Conversation(c) => {
+                AnyEvent::Conversation(c) => {
                     convs.insert(e.stream_id);
                     listed_convs.insert(e.stream_id);
                     match c {
@@ -290,7 +290,7 @@ impl State {
                         ConversationEvent::ConversationRenamed { .. } => {}
                     }
                 }
-                Event::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
+                AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
                     conversation_id, ..
                 }) => {
                     listed_convs.insert(conversation_id.0);
@@ -448,11 +448,11 @@ impl State {
         Ok(state)
     }
 
-    fn apply(&mut self, e: &ProjectedEvent) {
+    fn apply(&mut self, e: &DecodedEvent) {
         match &e.event {
-            Event::User(u) => self.user(e, u),
-            Event::Conversation(c) => self.conversation(e, c),
-            Event::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
+            AnyEvent::User(u) => self.user(e, u),
+            AnyEvent::Conversation(c) => self.conversation(e, c),
+            AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
                 conversation_id,
                 user_id,
                 seq,
@@ -471,7 +471,7 @@ impl State {
         }
     }
 
-    fn user(&mut self, e: &ProjectedEvent, u: &UserEvent) {
+    fn user(&mut self, e: &DecodedEvent, u: &UserEvent) {
         let id = e.stream_id;
         match u {
             UserEvent::UserRegistered {
@@ -539,7 +539,7 @@ impl State {
         }
     }
 
-    fn conversation(&mut self, e: &ProjectedEvent, c: &ConversationEvent) {
+    fn conversation(&mut self, e: &DecodedEvent, c: &ConversationEvent) {
         let conv = e.stream_id;
         let seq = e.sequence();
         let at = e.envelope.occurred_at;

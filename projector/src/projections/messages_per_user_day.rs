@@ -16,8 +16,8 @@ use domain::conversation::ConversationEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::event::{Event, ProjectedEvent};
 use crate::projection::{Projection, ProjectionError};
+use domain::decode::{AnyEvent, DecodedEvent};
 
 /// Messages per user per day.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,9 +36,9 @@ impl Projection for MessagesPerUserDay {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &ProjectedEvent,
+        event: &DecodedEvent,
     ) -> Result<(), ProjectionError> {
-        let Event::Conversation(ConversationEvent::MessageSent {
+        let AnyEvent::Conversation(ConversationEvent::MessageSent {
             sender_id, sent_at, ..
         }) = &event.event
         else {
@@ -60,12 +60,14 @@ impl Projection for MessagesPerUserDay {
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        events: &[&ProjectedEvent],
+        events: &[&DecodedEvent],
     ) -> Result<(), ProjectionError> {
         let mut counts: BTreeMap<(Uuid, NaiveDate), i64> = BTreeMap::new();
         for event in events {
-            if let Event::Conversation(ConversationEvent::MessageSent {
-                sender_id, sent_at, ..
+            if let AnyEvent::Conversation(ConversationEvent::MessageSent {
+                sender_id,
+                sent_at,
+                ..
             }) = &event.event
             {
                 *counts

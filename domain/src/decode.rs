@@ -11,17 +11,17 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use domain::conversation::ConversationEvent;
-use domain::envelope::Envelope;
-use domain::event::{DecodeError, EventTypes, CURRENT_VERSION};
-use domain::read_marker::ReadMarkerEvent;
-use domain::user::UserEvent;
+use crate::conversation::ConversationEvent;
+use crate::envelope::Envelope;
+use crate::event::{DecodeError, EventTypes, CURRENT_VERSION};
+use crate::read_marker::ReadMarkerEvent;
+use crate::user::UserEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
 /// A domain event of any aggregate.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum AnyEvent {
     User(UserEvent),
     Conversation(ConversationEvent),
     ReadMarker(ReadMarkerEvent),
@@ -29,7 +29,7 @@ pub enum Event {
 
 /// One event as projections see it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProjectedEvent {
+pub struct DecodedEvent {
     /// The envelope; `payload` and `event_version` are already upcast to the
     /// current version, `position` is the global position (always present
     /// on Kafka and for positioned rows of the store).
@@ -37,10 +37,10 @@ pub struct ProjectedEvent {
     /// `envelope.aggregate_id` parsed (every stream id is a UUID).
     pub stream_id: Uuid,
     /// The payload as a typed domain event.
-    pub event: Event,
+    pub event: AnyEvent,
 }
 
-impl ProjectedEvent {
+impl DecodedEvent {
     /// `(aggregate_type, aggregate_id)`: the stream, the unit of ordering
     /// and of deduplication.
     pub fn stream(&self) -> (&str, &str) {
@@ -56,11 +56,11 @@ impl ProjectedEvent {
     /// conversation events, the marked conversation for read markers.
     pub fn conversation_id(&self) -> Option<Uuid> {
         match &self.event {
-            Event::Conversation(_) => Some(self.stream_id),
-            Event::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
+            AnyEvent::Conversation(_) => Some(self.stream_id),
+            AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
                 conversation_id, ..
             }) => Some(conversation_id.0),
-            Event::User(_) => None,
+            AnyEvent::User(_) => None,
         }
     }
 }
@@ -130,7 +130,7 @@ pub fn current_version(_event_type: &str) -> u32 {
     CURRENT_VERSION
 }
 
-/// Turns envelopes into [`ProjectedEvent`]s: upcasting, then typed decoding.
+/// Turns envelopes into [`DecodedEvent`]s: upcasting, then typed decoding.
 #[derive(Clone, Default)]
 pub struct Decoder {
     upcasters: HashMap<(String, u32), Upcaster>,
@@ -162,14 +162,14 @@ impl Decoder {
     }
 
     /// Decodes a Kafka record value.
-    pub fn decode_bytes(&self, value: &[u8]) -> Result<ProjectedEvent, Poison> {
+    pub fn decode_bytes(&self, value: &[u8]) -> Result<DecodedEvent, Poison> {
         let envelope: Envelope<Value> = serde_json::from_slice(value)
             .map_err(|e| Poison::new(PoisonReason::Undecodable, e.to_string()))?;
         self.decode(envelope)
     }
 
     /// Upcasts and decodes an envelope.
-    pub fn decode(&self, mut envelope: Envelope<Value>) -> Result<ProjectedEvent, Poison> {
+    pub fn decode(&self, mut envelope: Envelope<Value>) -> Result<DecodedEvent, Poison> {
         let stream_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|_| {
             Poison::new(
                 PoisonReason::Undecodable,
@@ -223,11 +223,11 @@ impl Decoder {
         let payload = envelope.payload.clone();
         let version = envelope.event_version;
         let event = match envelope.aggregate_type.as_str() {
-            "user" => UserEvent::decode(&event_type, version, payload).map(Event::User),
+            "user" => UserEvent::decode(&event_type, version, payload).map(AnyEvent::User),
             "conversation" => {
-                ConversationEvent::decode(&event_type, version, payload).map(Event::Conversation)
+                ConversationEvent::decode(&event_type, version, payload).map(AnyEvent::Conversation)
             }
-            _ => ReadMarkerEvent::decode(&event_type, version, payload).map(Event::ReadMarker),
+            _ => ReadMarkerEvent::decode(&event_type, version, payload).map(AnyEvent::ReadMarker),
         }
         .map_err(|e| match e {
             DecodeError::UnknownType(_) => {
@@ -238,7 +238,7 @@ impl Decoder {
             }
             DecodeError::Payload { .. } => Poison::new(PoisonReason::BadPayload, e.to_string()),
         })?;
-        Ok(ProjectedEvent {
+        Ok(DecodedEvent {
             envelope,
             stream_id,
             event,
@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(e.envelope.position, Some(7));
         assert!(matches!(
             e.event,
-            Event::Conversation(ConversationEvent::MessageSent { .. })
+            AnyEvent::Conversation(ConversationEvent::MessageSent { .. })
         ));
         assert_eq!(e.conversation_id(), Some(e.stream_id));
     }
@@ -381,7 +381,7 @@ mod tests {
             .unwrap();
         assert_eq!(e.envelope.event_version, 1);
         assert_eq!(e.envelope.payload["body"], "hello");
-        let Event::Conversation(ConversationEvent::MessageSent { body, .. }) = e.event else {
+        let AnyEvent::Conversation(ConversationEvent::MessageSent { body, .. }) = e.event else {
             panic!("not a MessageSent: {:?}", e.event);
         };
         assert_eq!(body.as_str(), "hello");

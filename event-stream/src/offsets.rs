@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use infra::retry::Backoff;
+use infra::shutdown::Shutdown;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext, StreamConsumer};
@@ -20,7 +22,6 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::watch;
 
 /// A consumer of the events topic that keeps its offsets in PostgreSQL:
 /// what the projector's and the notifier's live loops share.
@@ -77,13 +78,9 @@ impl EventsConsumer {
     /// Leads the group, then assigns every partition, retrying while the
     /// broker or PostgreSQL is away. Returns the leader connection (hold it
     /// while consuming), or `None` on shutdown.
-    pub async fn start(
-        &self,
-        pool: &PgPool,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<PgConnection> {
+    pub async fn start(&self, pool: &PgPool, shutdown: &Shutdown) -> Option<PgConnection> {
         let leader = self.offsets.lead(pool, shutdown).await?;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         loop {
             match self
                 .offsets
@@ -95,10 +92,9 @@ impl EventsConsumer {
                     tracing::warn!(error = %e, "assigning the topic's partitions failed; retrying");
                 }
             }
-            if pause(shutdown, backoff).await {
+            if shutdown.sleep(backoff.next_delay()).await {
                 return None;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -130,24 +126,20 @@ impl std::fmt::Debug for Batches<'_> {
 impl Batches<'_> {
     /// The next batch; `None` on shutdown. Consumer errors are logged and
     /// waited out with backoff.
-    pub async fn next(
-        &mut self,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Vec<OwnedMessage>> {
-        let mut backoff = Duration::from_millis(50);
+    pub async fn next(&mut self, shutdown: &Shutdown) -> Option<Vec<OwnedMessage>> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         let first = loop {
             let m = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return None,
+                () = shutdown.triggered() => return None,
                 m = self.stream.next() => m?,
             };
             match m {
                 Ok(m) => break m.detach(),
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consumer error");
-                    if pause(shutdown, backoff).await {
+                    if shutdown.sleep(backoff.next_delay()).await {
                         return None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         };
@@ -164,18 +156,6 @@ impl Batches<'_> {
             }
         }
         Some(batch)
-    }
-}
-
-/// Sleeps `d` unless shutdown comes first; `true` when shutting down. The
-/// consumer loops' backoff waits, shared by the projector and the notifier.
-pub async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = shutdown.wait_for(|s| *s) => true,
-        () = tokio::time::sleep(d) => false,
     }
 }
 
@@ -254,14 +234,10 @@ impl OffsetStore {
     /// Waits until this instance leads the group (holds its advisory lock
     /// on the returned connection; dropping it lets a standby take over).
     /// `None` on shutdown.
-    pub async fn lead(
-        &self,
-        pool: &PgPool,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<PgConnection> {
+    pub async fn lead(&self, pool: &PgPool, shutdown: &Shutdown) -> Option<PgConnection> {
         let mut waiting_logged = false;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_triggered() {
                 return None;
             }
             match self.try_lead(pool).await {
@@ -275,7 +251,7 @@ impl OffsetStore {
                     tracing::warn!(error = %e, "taking the consumer-group lock failed; retrying");
                 }
             }
-            if pause(shutdown, Duration::from_secs(1)).await {
+            if shutdown.sleep(Duration::from_secs(1)).await {
                 return None;
             }
         }

@@ -1,6 +1,6 @@
 //! The dead-letter topic: records the projector cannot project, kept with
 //! their original key, value and headers plus why (`dlq_reason`, one of
-//! [`PoisonReason`](crate::event::PoisonReason)'s strings, and
+//! [`PoisonReason`](domain::decode::PoisonReason)'s strings, and
 //! `dlq_detail`) and where they came from (`dlq_source_topic`,
 //! `dlq_partition`, `dlq_offset`). An operator can inspect, fix and replay
 //! them; the live loop commits past them and carries on.
@@ -11,8 +11,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-
-use crate::event::Poison;
 
 /// A producer to the dead-letter topic.
 #[derive(Clone)]
@@ -52,10 +50,12 @@ impl DeadLetter {
         })
     }
 
-    /// Produces every `(record, poison)` and waits until Kafka has them all.
-    pub async fn send(&self, records: &[(&OwnedMessage, &Poison)]) -> Result<(), KafkaError> {
+    /// Produces every `(record, reason, detail)` and waits until Kafka has
+    /// them all. Headers of an earlier dead-lettering (`dlq_*`) are
+    /// replaced, not repeated, when a replayed record fails again.
+    pub async fn send(&self, records: &[(&OwnedMessage, &str, &str)]) -> Result<(), KafkaError> {
         let mut deliveries = Vec::with_capacity(records.len());
-        for (record, poison) in records {
+        for (record, reason, detail) in records {
             let partition = record.partition().to_string();
             let offset = record.offset().to_string();
             let mut headers = OwnedHeaders::new();
@@ -69,11 +69,11 @@ impl DeadLetter {
             let headers = headers
                 .insert(Header {
                     key: "dlq_reason",
-                    value: Some(poison.reason.as_str()),
+                    value: Some(*reason),
                 })
                 .insert(Header {
                     key: "dlq_detail",
-                    value: Some(poison.detail.as_str()),
+                    value: Some(*detail),
                 })
                 .insert(Header {
                     key: "dlq_source_topic",
@@ -108,6 +108,37 @@ impl DeadLetter {
             }
         }
         Ok(())
+    }
+
+    /// Dead-letters a failure of the service's own work: `key` names its
+    /// subject (e.g. the user id), `reason` and `detail` go in the headers,
+    /// `value` is the JSON body. Waits for the broker's ack.
+    pub async fn failure(
+        &self,
+        key: &str,
+        reason: &str,
+        detail: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), KafkaError> {
+        let body = value.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq_reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "dlq_detail",
+                value: Some(detail),
+            });
+        let out = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(&body)
+            .headers(headers);
+        self.producer
+            .send(out, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
     }
 
     /// Waits for in-flight records (at shutdown).
