@@ -8,11 +8,10 @@
 //!    once, with their reason) before anything else happens;
 //! 3. apply the good ones in one transaction through the
 //!    [`Engine`](crate::engine::Engine) (dedupe, gap repair, checkpoints)
-//!    and compute the Redis plan; commit. Failures roll back and retry the
-//!    same batch with backoff; nothing is skipped;
 //!    and compute the Redis plan; the consumer offsets past the whole batch
 //!    (poison included) are stored in the same transaction
-//!    ([`offsets`](crate::offsets)); commit;
+//!    ([`offsets`](crate::offsets)); commit. Failures roll back and retry
+//!    the same batch with backoff; nothing is skipped;
 //! 4. run the Redis plan (generations, then publishes; see
 //!    [`fanout`](crate::fanout)).
 //!

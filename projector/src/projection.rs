@@ -102,12 +102,6 @@ impl Registry {
         Self::default()
     }
 
-    /// Every projection shipped with Messenger: register new ones in
-    /// [`crate::projections::builtin`].
-    pub fn builtin() -> Self {
-        crate::projections::builtin()
-    }
-
     /// Adds a projection; names and tables must be unique.
     pub fn register<P: Projection + 'static>(
         &mut self,
@@ -213,12 +207,5 @@ mod tests {
             r.select(Some("zzz")),
             Err(RegistryError::Unknown(..))
         ));
-    }
-
-    #[test]
-    fn builtin_registry_holds_core_and_the_analyst_example() {
-        let r = Registry::builtin();
-        let names: Vec<_> = r.all().iter().map(|p| p.name()).collect();
-        assert_eq!(names, ["core", "messages_per_user_day"]);
     }
 }

@@ -1,0 +1,247 @@
+//! `impl State`, part 2: fold the batch's events, in order, into the rows
+//! loaded for it (the rules of the [module doc](super)).
+
+use domain::conversation::{ConversationEvent, ConversationKind};
+use domain::read_marker::ReadMarkerEvent;
+use domain::user::UserEvent;
+use uuid::Uuid;
+
+use super::rows::{ConvRow, ListRow, MemberRow, MessageRow, State, Time, UserRow};
+use domain::decode::{AnyEvent, DecodedEvent};
+
+fn kind(k: ConversationKind) -> &'static str {
+    match k {
+        ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
+    }
+}
+
+impl State {
+    pub(super) fn apply(&mut self, e: &DecodedEvent) {
+        match &e.event {
+            AnyEvent::User(u) => self.user(e, u),
+            AnyEvent::Conversation(c) => self.conversation(e, c),
+            AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
+                conversation_id,
+                user_id,
+                seq,
+            }) => {
+                let key = (conversation_id.0, user_id.0);
+                match self.markers.get_mut(key) {
+                    Some(m) => *m = (*m).max(*seq),
+                    None => self.markers.upsert(key, *seq),
+                }
+                let list_key = (user_id.0, conversation_id.0);
+                if let Some(row) = self.lists.get_mut(list_key) {
+                    row.read_seq = row.read_seq.max(*seq);
+                    self.recount.insert(list_key);
+                }
+            }
+        }
+    }
+
+    fn user(&mut self, e: &DecodedEvent, u: &UserEvent) {
+        let id = e.stream_id;
+        match u {
+            UserEvent::UserRegistered {
+                user_id,
+                email,
+                username,
+                display_name,
+            } => {
+                self.users.insert(
+                    user_id.0,
+                    UserRow {
+                        username: username.as_str().to_owned(),
+                        display_name: display_name.as_str().to_owned(),
+                        email: email.as_str().to_owned(),
+                        roles: Vec::new(),
+                        created_at: e.envelope.occurred_at,
+                    },
+                );
+            }
+            UserEvent::DisplayNameChanged { display_name } => {
+                if let Some(row) = self.users.get_mut(id) {
+                    display_name.as_str().clone_into(&mut row.display_name);
+                }
+            }
+            UserEvent::RoleGranted { role } => {
+                if let Some(row) = self.users.get_mut(id) {
+                    row.roles.push(role.as_str().to_owned());
+                    row.roles.sort();
+                    row.roles.dedup();
+                }
+            }
+            UserEvent::RoleRevoked { role } => {
+                if let Some(row) = self.users.get_mut(id) {
+                    row.roles.retain(|r| r != role.as_str());
+                }
+            }
+            UserEvent::PasswordChanged { .. } | UserEvent::PasswordResetRequested { .. } => {}
+        }
+    }
+
+    /// A member joins: member row, open period, list row.
+    fn join(&mut self, conv: Uuid, user: Uuid, role: &str, seq: i64, at: Time, upsert: bool) {
+        let member = MemberRow {
+            role: role.to_owned(),
+            joined_seq: seq,
+            joined_at: at,
+        };
+        if upsert {
+            self.members.upsert((conv, user), member);
+        } else {
+            self.members.insert((conv, user), member);
+        }
+        self.periods.entry((conv, user, seq)).or_insert(None);
+        let read_seq = self.markers.get(&(conv, user)).copied().unwrap_or(0);
+        let inserted = self.lists.insert(
+            (user, conv),
+            ListRow {
+                last_activity_at: at,
+                read_seq,
+                unread_count: 0,
+            },
+        );
+        if inserted {
+            self.listed.entry(conv).or_default().insert(user);
+        }
+    }
+
+    fn conversation(&mut self, e: &DecodedEvent, c: &ConversationEvent) {
+        let conv = e.stream_id;
+        let seq = e.sequence();
+        let at = e.envelope.occurred_at;
+        if let ConversationEvent::ConversationCreated {
+            kind: k,
+            title,
+            created_by,
+            members,
+            ..
+        } = c
+        {
+            self.convs.insert(
+                conv,
+                ConvRow {
+                    kind: kind(*k).to_owned(),
+                    title: title.as_ref().map(|t| t.as_str().to_owned()),
+                    created_by: created_by.0,
+                    created_at: at,
+                    last_seq: seq,
+                    last_message_seq: None,
+                    last_activity_at: at,
+                },
+            );
+            for m in members {
+                self.join(conv, m.user_id.0, m.role.as_str(), seq, at, false);
+            }
+            return;
+        }
+        if let Some(row) = self.convs.get_mut(conv) {
+            row.last_seq = row.last_seq.max(seq);
+        }
+        match c {
+            ConversationEvent::ConversationCreated { .. } => {}
+            ConversationEvent::MemberAdded { user_id, role, .. } => {
+                self.join(conv, user_id.0, role.as_str(), seq, at, true);
+            }
+            ConversationEvent::MemberRemoved { user_id, .. } => {
+                if let Some(m) = self.members.remove((conv, user_id.0)) {
+                    self.periods
+                        .insert((conv, user_id.0, m.joined_seq), Some(seq));
+                }
+                self.lists.remove((user_id.0, conv));
+                if let Some(users) = self.listed.get_mut(&conv) {
+                    users.remove(&user_id.0);
+                }
+            }
+            ConversationEvent::MemberRoleChanged { user_id, role, .. } => {
+                if let Some(m) = self.members.get_mut((conv, user_id.0)) {
+                    role.as_str().clone_into(&mut m.role);
+                }
+            }
+            ConversationEvent::ConversationRenamed { title, .. } => {
+                if let Some(row) = self.convs.get_mut(conv) {
+                    row.title = Some(title.as_str().to_owned());
+                }
+            }
+            ConversationEvent::MessageSent {
+                message_id,
+                sender_id,
+                body,
+                client_msg_id,
+                sent_at,
+            } => {
+                self.messages.insert(
+                    (conv, message_id.0),
+                    MessageRow {
+                        seq,
+                        sender_id: sender_id.0,
+                        client_msg_id: client_msg_id.as_str().to_owned(),
+                        body: Some(body.as_str().to_owned()),
+                        sent_at: *sent_at,
+                        edited_at: None,
+                        deleted: false,
+                        new: true,
+                    },
+                );
+                if let Some(row) = self.convs.get_mut(conv) {
+                    row.last_message_seq = Some(row.last_message_seq.unwrap_or(0).max(seq));
+                    row.last_activity_at = row.last_activity_at.max(*sent_at);
+                }
+                let users: Vec<Uuid> = self
+                    .listed
+                    .get(&conv)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for user in users {
+                    if let Some(row) = self.lists.get_mut((user, conv)) {
+                        row.last_activity_at = row.last_activity_at.max(*sent_at);
+                        if user != sender_id.0 && row.read_seq < seq {
+                            row.unread_count += 1;
+                        }
+                    }
+                }
+            }
+            ConversationEvent::MessageEdited {
+                message_id,
+                body,
+                edited_at,
+            } => {
+                if let Some(m) = self.messages.get_mut((conv, message_id.0)) {
+                    if !m.deleted {
+                        m.body = Some(body.as_str().to_owned());
+                        m.edited_at = Some(*edited_at);
+                    }
+                }
+            }
+            ConversationEvent::MessageDeleted { message_id, .. } => {
+                let Some(m) = self.messages.get_mut((conv, message_id.0)) else {
+                    return;
+                };
+                if m.deleted {
+                    return;
+                }
+                m.body = None;
+                m.deleted = true;
+                let (mseq, sender) = (m.seq, m.sender_id);
+                let users: Vec<Uuid> = self
+                    .listed
+                    .get(&conv)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for user in users {
+                    let joined = self.members.get(&(conv, user)).map(|m| m.joined_seq);
+                    if user == sender || joined.is_none_or(|j| j >= mseq) {
+                        continue;
+                    }
+                    if let Some(row) = self.lists.get_mut((user, conv)) {
+                        if row.read_seq < mseq {
+                            row.unread_count -= 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
