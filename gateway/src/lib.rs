@@ -52,6 +52,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use fred::prelude::ClientLike;
+use infra::shutdown::Shutdown;
 use proto::command::v1::command_service_client::CommandServiceClient;
 use proto::query::v1::query_service_client::QueryServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -70,7 +71,7 @@ pub struct Application {
     addr: SocketAddr,
     state: AppState,
     /// Flips the state's shutdown flag.
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: Shutdown,
     /// HTTPS certificate and key (PEM); `None` when plaintext.
     tls: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -132,7 +133,7 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let stop = Shutdown::new();
         let metrics = Arc::new(Metrics::default());
         let ws = ws::hub::Hub::start(config, metrics.clone(), redis.clone())
             .await
@@ -148,7 +149,7 @@ impl Application {
             tokens: Arc::new(tokens),
             metrics,
             ws,
-            shutdown,
+            shutdown: stop.clone(),
         };
         Ok(Self {
             listener,
@@ -185,7 +186,7 @@ impl Application {
             tokio::spawn(async move {
                 shutdown.await;
                 tracing::info!("shutting down");
-                let _ = stop.send(true);
+                stop.trigger();
                 handle.graceful_shutdown(Some(grace));
             });
         }

@@ -34,7 +34,7 @@ pub struct AppState {
     /// The WebSocket hub: one shared Redis subscriber, local fan-out.
     pub ws: Arc<crate::ws::hub::Hub>,
     /// Flips to true when shutdown starts (WebSockets close with 1001).
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub shutdown: infra::shutdown::Shutdown,
 }
 
 /// Attaches the caller's id to a gRPC request (`x-user-id`, trusted by the

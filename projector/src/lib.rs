@@ -56,7 +56,7 @@ use sqlx::PgPool;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::fanout::Fanout;
-use crate::live::{Live, Stats};
+use crate::live::{LiveLoop, Stats};
 use crate::projection::Registry;
 use crate::rebuild::{RebuildOptions, RebuildReport};
 
@@ -74,7 +74,7 @@ async fn prepare_database(config: &Config) -> anyhow::Result<PgPool> {
 /// A built, not yet running, live projector.
 #[derive(Debug)]
 pub struct Application {
-    live: Live,
+    live: LiveLoop,
     stats: Arc<Stats>,
     pool: PgPool,
 }
@@ -83,7 +83,7 @@ impl Application {
     /// Connects to PostgreSQL (migrating if configured), Redis and Kafka,
     /// with the built-in projections.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        Self::build_with(config, Registry::builtin(), Decoder::new()).await
+        Self::build_with(config, projections::builtin(), Decoder::new()).await
     }
 
     /// Like [`Self::build`] with a chosen registry and decoder.
@@ -111,7 +111,7 @@ impl Application {
         )
         .context("creating the dead-letter producer")?;
         let stats = Arc::new(Stats::default());
-        let live = Live {
+        let live = LiveLoop {
             source,
             pool: pool.clone(),
             engine: Engine::new(decoder),
@@ -183,7 +183,7 @@ pub async fn rebuild(
     projection: Option<&str>,
     progress: bool,
 ) -> anyhow::Result<RebuildReport> {
-    let registry = Registry::builtin();
+    let registry = projections::builtin();
     let projections = registry.select(projection)?;
     let pool = prepare_database(config).await?;
     let engine = Engine::new(Decoder::new());

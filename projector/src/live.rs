@@ -88,7 +88,7 @@ impl Stats {
 }
 
 /// The live projector.
-pub struct Live {
+pub struct LiveLoop {
     pub(crate) source: EventsConsumer,
     pub(crate) pool: PgPool,
     pub(crate) engine: Engine,
@@ -100,9 +100,9 @@ pub struct Live {
     pub(crate) stats: Arc<Stats>,
 }
 
-impl std::fmt::Debug for Live {
+impl std::fmt::Debug for LiveLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Live")
+        f.debug_struct("LiveLoop")
             .field("projections", &self.projections)
             .field("prefix", &self.prefix)
             .field("batch_size", &self.batch_size)
@@ -116,7 +116,7 @@ enum Step<T> {
     Stopped,
 }
 
-impl Live {
+impl LiveLoop {
     /// Consumes until `shutdown` turns true; the batch in progress finishes
     /// (or, while it is retrying, is abandoned uncommitted).
     pub async fn run(self, shutdown: Shutdown) {

@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
 /// The listing is the command's output, hence stdout.
 #[allow(clippy::print_stdout)]
 fn list_projections() {
-    for p in projector::projection::Registry::builtin().all() {
+    for p in projector::projections::builtin().all() {
         println!("{}\t{}", p.name(), p.tables().join(" "));
     }
 }

@@ -182,7 +182,7 @@ pub async fn wait_caught_up(pool: &PgPool, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut behind = 0;
-        for p in projector::projection::Registry::builtin().all() {
+        for p in projector::projections::builtin().all() {
             behind += lagging_streams(pool, p.name()).await?;
         }
         if behind == 0 {

@@ -15,7 +15,6 @@ use domain::decode::Decoder;
 use domain::values::UserId;
 use fred::prelude::{ClientLike, KeysInterface};
 use projector::engine::Engine;
-use projector::projection::Registry;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -415,7 +414,12 @@ async fn replaying_the_same_events_twice_leaves_every_read_model_unchanged() -> 
         .collect::<Result<Vec<_>, _>>()?;
     let mut tx = svc.pool.begin().await?;
     let outcome = Engine::new(decoder)
-        .apply(&mut tx, Registry::builtin().all(), &events, None)
+        .apply(
+            &mut tx,
+            projector::projections::builtin().all(),
+            &events,
+            None,
+        )
         .await?;
     tx.commit().await?;
     assert_eq!(outcome.applied, 0);

@@ -139,7 +139,7 @@ pub enum Info {
 
 /// A frame from Redis, shared by every local listener of its channel.
 #[derive(Debug)]
-pub struct Live {
+pub struct LiveFrame {
     pub source: Source,
     pub info: Info,
     /// The payload, forwarded as is (cheap to clone: reference counted).
@@ -202,7 +202,7 @@ pub fn parse_frame(text: &str) -> Option<Info> {
 pub struct Listener {
     pub id: u64,
     pub session_id: Uuid,
-    pub tx: mpsc::Sender<Arc<Live>>,
+    pub tx: mpsc::Sender<Arc<LiveFrame>>,
     pub kill: Arc<Kill>,
 }
 
@@ -523,7 +523,7 @@ impl Hub {
         if let Info::Event(e) = &info {
             self.saw(e.position);
         }
-        let live = Arc::new(Live {
+        let live = Arc::new(LiveFrame {
             source,
             info,
             text: Utf8Bytes::from(payload.to_owned()),

@@ -24,22 +24,13 @@ pub fn builtin() -> Registry {
     registry
 }
 
-impl Registry {
-    /// Every projection shipped with Messenger: [`builtin`]. Defined here,
-    /// beside the projections it names, so that the framework
-    /// ([`crate::projection`]) does not depend on them.
-    pub fn builtin() -> Self {
-        builtin()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn builtin_registry_holds_core_and_the_analyst_example() {
-        let r = Registry::builtin();
+        let r = builtin();
         let names: Vec<_> = r.all().iter().map(|p| p.name()).collect();
         assert_eq!(names, ["core", "messages_per_user_day"]);
     }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::close::{
     stream_error, GONE, HELLO_REQUIRED, IDLE, SHUTDOWN, TRY_AGAIN, UNAUTHENTICATED,
 };
-use super::{shutting_down, Conn};
+use super::Conn;
 use crate::auth::{authenticate, AuthUser};
 use crate::error::ApiError;
 use crate::ws::frames::{self, ClientFrame};
@@ -28,7 +28,7 @@ impl Conn {
         let text = loop {
             let msg = tokio::select! {
                 r = self.kill.fired() => return Err(r),
-                () = shutting_down(&mut self.shutdown) => return Err(SHUTDOWN),
+                () = self.shutdown.triggered() => return Err(SHUTDOWN),
                 () = tokio::time::sleep_until(deadline) => return Err(IDLE),
                 m = stream.next() => m,
             };

@@ -4,7 +4,7 @@
 use axum::extract::ws::Utf8Bytes;
 
 use super::{Conn, Step};
-use crate::ws::hub::{EventInfo, Info, Live, Source};
+use crate::ws::hub::{EventInfo, Info, LiveFrame, Source};
 
 /// What was last sent of a stream (a conversation, or a read-marker
 /// stream), for deduplication and gap detection.
@@ -15,7 +15,7 @@ pub(super) struct Seen {
 }
 
 impl Conn {
-    pub(super) async fn on_live(&mut self, live: &Live) -> Step {
+    pub(super) async fn on_live(&mut self, live: &LiveFrame) -> Step {
         let me = self.user()?.id();
         match &live.info {
             Info::Typing {

@@ -52,13 +52,14 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use fred::interfaces::{KeysInterface, SetsInterface};
 use futures::stream::SplitStream;
 use futures::StreamExt;
+use infra::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use self::close::{GONE, IDLE, SHUTDOWN, UNAUTHENTICATED};
 use self::live::Seen;
 use self::writer::write_loop;
-use super::hub::{CloseReason, Hub, Kill, Listener, Live};
+use super::hub::{CloseReason, Hub, Kill, Listener, LiveFrame};
 use crate::auth::AuthUser;
 use crate::state::AppState;
 
@@ -125,9 +126,9 @@ struct Conn {
     /// To the writer.
     out: mpsc::Sender<Message>,
     /// The hub's end of this socket's queue (cloned into its listener).
-    live_tx: mpsc::Sender<Arc<Live>>,
-    live: mpsc::Receiver<Arc<Live>>,
-    shutdown: watch::Receiver<bool>,
+    live_tx: mpsc::Sender<Arc<LiveFrame>>,
+    live: mpsc::Receiver<Arc<LiveFrame>>,
+    shutdown: Shutdown,
     user: Option<AuthUser>,
     /// Hub channels this socket listens to.
     channels: HashSet<String>,
@@ -190,7 +191,7 @@ impl Conn {
         tokio::select! {
             biased;
             r = self.kill.fired() => Err(r),
-            () = shutting_down(&mut self.shutdown) => Err(SHUTDOWN),
+            () = self.shutdown.triggered() => Err(SHUTDOWN),
             r = self.out.send(msg) => r.map_err(|_| GONE),
         }
     }
@@ -215,7 +216,7 @@ impl Conn {
             let wake = tokio::select! {
                 biased;
                 r = self.kill.fired() => return Err(r),
-                () = shutting_down(&mut self.shutdown) => return Err(SHUTDOWN),
+                () = self.shutdown.triggered() => return Err(SHUTDOWN),
                 () = tokio::time::sleep_until(idle_at) => return Err(IDLE),
                 m = stream.next() => Wake::Client(m),
                 Some(live) = self.live.recv() => Wake::Live(live),
@@ -279,15 +280,8 @@ impl Conn {
 /// What woke the main loop.
 enum Wake {
     Client(Option<Result<Message, axum::Error>>),
-    Live(Arc<Live>),
+    Live(Arc<LiveFrame>),
     Resync,
     Ping,
     Presence,
-}
-
-/// Resolves once shutdown has started.
-async fn shutting_down(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|s| *s).await.is_err() {
-        // The sender is gone: the application is being torn down.
-    }
 }

@@ -16,7 +16,7 @@ use crate::auth::sessions;
 use crate::error::ApiError;
 use crate::state::as_user;
 use crate::ws::frames;
-use crate::ws::hub::{self, CloseReason, EventInfo, Info, Live, Source};
+use crate::ws::hub::{self, CloseReason, EventInfo, Info, LiveFrame, Source};
 
 /// Replay page size.
 const REPLAY_PAGE: u32 = 1000;
@@ -338,7 +338,7 @@ impl Conn {
                     Info::Event(e) if e.event_type == "ConversationCreated" => Source::User,
                     _ => Source::Conv,
                 };
-                let live = Live {
+                let live = LiveFrame {
                     source,
                     info,
                     text: Utf8Bytes::from(ev.frame_json),
