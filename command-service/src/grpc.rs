@@ -15,37 +15,11 @@ use domain::user::UserError;
 use domain::values::UserId;
 use proto::command::v1 as pb;
 use proto::command::v1::command_service_server::CommandService;
-use tonic::metadata::MetadataValue;
+use proto::meta::{caller, correlation_id, status};
 use tonic::{Code, Request, Response, Status};
-use uuid::Uuid;
 
 use crate::commands::{CommandError, Commands};
 use crate::store::CommandMeta;
-
-/// Metadata key naming the authenticated user a call acts for.
-pub const USER_ID_KEY: &str = "x-user-id";
-/// Metadata key tying events to a client request.
-pub const CORRELATION_ID_KEY: &str = "x-correlation-id";
-/// Metadata key of the stable error code on failures.
-pub const ERROR_CODE_KEY: &str = "x-error-code";
-/// Metadata key of the offending field on validation failures.
-pub const ERROR_FIELD_KEY: &str = "x-error-field";
-
-fn status(
-    code: Code,
-    error_code: &'static str,
-    message: String,
-    field: Option<&'static str>,
-) -> Status {
-    let mut s = Status::new(code, message);
-    s.metadata_mut()
-        .insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
-    if let Some(f) = field {
-        s.metadata_mut()
-            .insert(ERROR_FIELD_KEY, MetadataValue::from_static(f));
-    }
-    s
-}
 
 impl From<CommandError> for Status {
     fn from(e: CommandError) -> Self {
@@ -131,12 +105,12 @@ impl From<CommandError> for Status {
                 }
                 C::Lookup(l) => {
                     tracing::error!(error = ?l, "lookup failed");
-                    status(Internal, "internal", "internal error".into(), None)
+                    status(Internal, "internal", "internal error", None)
                 }
             },
             CommandError::Internal(err) => {
                 tracing::error!(error = ?err, "command failed");
-                status(Internal, "internal", "internal error".into(), None)
+                status(Internal, "internal", "internal error", None)
             }
         }
     }
@@ -154,49 +128,17 @@ impl CommandGrpc {
     }
 }
 
-fn correlation<T>(req: &Request<T>) -> Result<Option<Uuid>, Status> {
-    match req.metadata().get(CORRELATION_ID_KEY) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                status(
-                    Code::InvalidArgument,
-                    "validation_failed",
-                    "malformed x-correlation-id".into(),
-                    None,
-                )
-            }),
-    }
-}
-
 /// The acting user and the command metadata of a call.
 fn actor<T>(req: &Request<T>) -> Result<(UserId, CommandMeta), Status> {
-    let raw = req
-        .metadata()
-        .get(USER_ID_KEY)
-        .ok_or_else(|| Status::from(CommandError::Unauthenticated))?;
-    let user = raw
-        .to_str()
-        .ok()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .map(UserId)
-        .ok_or_else(|| {
-            status(
-                Code::InvalidArgument,
-                "validation_failed",
-                "malformed x-user-id".into(),
-                None,
-            )
-        })?;
-    Ok((user, CommandMeta::new(user.to_string(), correlation(req)?)))
+    let user = UserId(caller(req)?);
+    Ok((
+        user,
+        CommandMeta::new(user.to_string(), correlation_id(req)?),
+    ))
 }
 
 fn anonymous<T>(req: &Request<T>, actor: &str) -> Result<CommandMeta, Status> {
-    Ok(CommandMeta::new(actor, correlation(req)?))
+    Ok(CommandMeta::new(actor, correlation_id(req)?))
 }
 
 type Reply<T> = Result<Response<T>, Status>;

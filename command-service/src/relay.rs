@@ -21,6 +21,7 @@
 
 use std::time::Duration;
 
+use infra::postgres::EventRow;
 use infra::retry::Backoff;
 use infra::shutdown::Shutdown;
 use rdkafka::config::ClientConfig;
@@ -28,8 +29,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
-use uuid::Uuid;
+use sqlx::PgPool;
 
 /// Advisory lock key of the relay leader ("msgrelay").
 const LEADER_LOCK: i64 = 0x6d73_6772_656c_6179;
@@ -74,43 +74,19 @@ pub struct OutboxEvent {
     pub value: String,
 }
 
-#[derive(serde::Deserialize)]
-struct Meta {
-    event_id: Uuid,
-    actor: String,
-    correlation_id: Uuid,
-    causation_id: Option<Uuid>,
-    occurred_at: chrono::DateTime<chrono::Utc>,
-}
-
-fn to_outbox(row: &sqlx::postgres::PgRow) -> Result<OutboxEvent, RelayError> {
-    let bad = |e: &dyn std::fmt::Display| RelayError::Row(e.to_string());
-    let payload: String = row.try_get("payload")?;
-    let metadata: String = row.try_get("metadata")?;
-    let meta: Meta = serde_json::from_str(&metadata).map_err(|e| bad(&e))?;
-    let event_version: String = row.try_get("event_version")?;
-    let envelope = domain::envelope::Envelope::<&RawValue> {
-        event_id: meta.event_id,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: event_version.parse().map_err(|e| bad(&e))?,
-        occurred_at: meta.occurred_at,
-        actor: meta.actor,
-        correlation_id: meta.correlation_id,
-        causation_id: meta.causation_id,
-        position: Some(row.try_get("position")?),
-        payload: serde_json::from_str(&payload).map_err(|e| bad(&e))?,
-    };
-    let value = serde_json::to_string(&envelope).map_err(|e| bad(&e))?;
+fn to_outbox(row: &EventRow) -> Result<OutboxEvent, RelayError> {
+    let envelope = row.envelope::<&RawValue>().map_err(RelayError::Row)?;
+    let value = serde_json::to_string(&envelope).map_err(|e| RelayError::Row(e.to_string()))?;
+    let position = envelope
+        .position
+        .ok_or_else(|| RelayError::Row("an unpositioned event".into()))?;
     Ok(OutboxEvent {
-        position: row.try_get("position")?,
+        position,
         aggregate_type: envelope.aggregate_type,
         aggregate_id: envelope.aggregate_id,
         sequence: envelope.sequence,
         event_type: envelope.event_type,
-        event_version,
+        event_version: row.event_version.clone(),
         value,
     })
 }
@@ -167,7 +143,7 @@ impl Relay {
         let last: i64 = sqlx::query_scalar("SELECT last_position FROM relay_state FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
-        let rows = sqlx::query(
+        let rows: Vec<EventRow> = sqlx::query_as(
             "WITH todo AS ( \
                  SELECT id, $1::bigint + row_number() OVER (ORDER BY id) AS pos \
                  FROM (SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $2) t \
@@ -196,7 +172,7 @@ impl Relay {
 
     /// Events positioned but not yet known to be on Kafka (after a crash).
     pub async fn pending(&self) -> Result<Vec<OutboxEvent>, RelayError> {
-        let rows = sqlx::query(
+        let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
                     e.event_version, e.payload::text AS payload, e.metadata::text AS metadata \
              FROM events e, relay_state r \

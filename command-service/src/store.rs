@@ -26,6 +26,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use domain::envelope::EventMetadata;
 use domain::event::{encode, DecodeError, EventTypes};
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -386,13 +387,13 @@ where
             types.push(event_type);
             versions.push(e.event.event_version());
             payloads.push(payload);
-            metas.push(serde_json::json!({
-                "event_id": e.event_id,
-                "actor": meta.actor,
-                "correlation_id": meta.correlation_id,
-                "causation_id": meta.causation_id,
-                "occurred_at": meta.occurred_at,
-            }));
+            metas.push(serde_json::to_value(EventMetadata {
+                event_id: e.event_id,
+                actor: meta.actor.clone(),
+                correlation_id: meta.correlation_id,
+                causation_id: meta.causation_id,
+                occurred_at: meta.occurred_at,
+            })?);
         }
         let mut tx = self.pool.begin().await?;
         sqlx::query(

@@ -36,5 +36,18 @@ pub struct Envelope<P> {
     pub payload: P,
 }
 
+/// The `events.metadata` column of the event store: the envelope fields
+/// that are not columns of their own. Written by command-service's append,
+/// read back by every reader of `events` (through one row mapping,
+/// `infra::postgres::EventRow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub event_id: Uuid,
+    pub actor: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// `actor` for events no user caused (operator commands, migrations).
 pub const SYSTEM_ACTOR: &str = "system";

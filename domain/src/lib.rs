@@ -18,6 +18,8 @@
 //! - [`read_marker`]: one `ReadMarker` stream per (conversation, member), so
 //!   moving a read marker never contends with message sends.
 //! - [`envelope`]: the versioned envelope every event travels in on Kafka.
+//! - [`frame`]: the WebSocket `event` frame of API.md, one definition for
+//!   its writers (projector, query-service) and its reader (gateway).
 //! - [`decode`]: envelopes to typed events for consumers (upcasters, and
 //!   the poison classes of records that cannot be decoded).
 //! - [`event`]: helpers shared by all aggregates (event naming, payload
@@ -27,6 +29,7 @@ pub mod conversation;
 pub mod decode;
 pub mod envelope;
 pub mod event;
+pub mod frame;
 pub mod limits;
 pub mod read_marker;
 pub mod user;

@@ -223,15 +223,10 @@ impl IntoResponse for ApiError {
 /// see: "not a member" becomes 404.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let meta = |k: &str| {
-            status
-                .metadata()
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let code = meta("x-error-code").unwrap_or_default();
-        let field = meta("x-error-field");
+        let code = proto::meta::error_code(&status)
+            .unwrap_or_default()
+            .to_owned();
+        let field = proto::meta::error_field(&status).map(str::to_owned);
         let message = status.message().to_owned();
         match status.code() {
             // OUT_OF_RANGE: a well-formed value beyond what exists (a replay

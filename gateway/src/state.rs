@@ -42,7 +42,7 @@ pub struct AppState {
 pub fn as_user<T>(user_id: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(v) = user_id.parse() {
-        request.metadata_mut().insert("x-user-id", v);
+        request.metadata_mut().insert(proto::meta::USER_ID, v);
     }
     request
 }

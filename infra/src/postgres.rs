@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use domain::envelope::{Envelope, EventMetadata};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -49,4 +52,65 @@ pub async fn connect_and_migrate(url: &str, size: u32, migrate: bool) -> anyhow:
         MIGRATOR.run(&pool).await.context("applying migrations")?;
     }
     Ok(pool)
+}
+
+/// The columns of `events` that [`EventRow`] reads, for `SELECT`s of a
+/// single table (a join names them with its alias, as they are here).
+pub const EVENT_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, payload::text AS payload, metadata::text AS metadata";
+
+/// One row of the event store as selected by [`EVENT_COLUMNS`]: the one
+/// mapping from `events` to an [`Envelope`] (the relay's, the projector's
+/// gap repair and rebuild, query-service's audit and replay).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    /// `None` until the relay positions the event.
+    pub position: Option<i64>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// [`EventMetadata`] as JSON text.
+    pub metadata: String,
+}
+
+impl EventRow {
+    /// The envelope, its payload decoded as `P` (borrowing from the row
+    /// where `P` can, e.g. `&RawValue`). `Err` says what is corrupt.
+    pub fn envelope<'a, P: Deserialize<'a>>(&'a self) -> Result<Envelope<P>, String> {
+        let payload = serde_json::from_str(&self.payload).map_err(|e| format!("payload: {e}"))?;
+        self.with_payload(payload)
+    }
+
+    /// The envelope with the payload as stored, moved rather than copied.
+    pub fn into_raw_envelope(mut self) -> Result<Envelope<Box<RawValue>>, String> {
+        let payload = RawValue::from_string(std::mem::take(&mut self.payload))
+            .map_err(|e| format!("payload: {e}"))?;
+        self.with_payload(payload)
+    }
+
+    fn with_payload<P>(&self, payload: P) -> Result<Envelope<P>, String> {
+        let meta: EventMetadata =
+            serde_json::from_str(&self.metadata).map_err(|e| format!("metadata: {e}"))?;
+        Ok(Envelope {
+            event_id: meta.event_id,
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            event_type: self.event_type.clone(),
+            event_version: self
+                .event_version
+                .parse()
+                .map_err(|_| format!("version {:?}", self.event_version))?,
+            occurred_at: meta.occurred_at,
+            actor: meta.actor,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+            position: self.position,
+            payload,
+        })
+    }
 }

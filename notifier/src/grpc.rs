@@ -4,46 +4,14 @@
 //! command-service and query-service.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use proto::meta::{caller, invalid, status};
 use proto::notifier::v1 as pb;
 use proto::notifier::v1::notifier_service_server::NotifierService;
-use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::prefs::{Prefs, PrefsError, Settings};
 use crate::webpush::VapidKey;
-
-/// Metadata key naming the authenticated user a call acts for.
-pub const USER_ID_KEY: &str = "x-user-id";
-/// Metadata key of the stable error code on failures.
-pub const ERROR_CODE_KEY: &str = "x-error-code";
-/// Metadata key of the offending field on validation failures.
-pub const ERROR_FIELD_KEY: &str = "x-error-field";
-
-fn status(
-    code: Code,
-    error_code: &'static str,
-    message: String,
-    field: Option<&'static str>,
-) -> Status {
-    let mut s = Status::new(code, message);
-    s.metadata_mut()
-        .insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
-    if let Some(f) = field {
-        s.metadata_mut()
-            .insert(ERROR_FIELD_KEY, MetadataValue::from_static(f));
-    }
-    s
-}
-
-fn invalid(field: &'static str, message: &str) -> Status {
-    status(
-        Code::InvalidArgument,
-        "validation_failed",
-        format!("{field}: {message}"),
-        Some(field),
-    )
-}
 
 impl From<PrefsError> for Status {
     fn from(e: PrefsError) -> Self {
@@ -60,26 +28,10 @@ impl From<PrefsError> for Status {
             }
             PrefsError::Database(err) => {
                 tracing::error!(error = ?err, "notifier preferences call failed");
-                status(Code::Internal, "internal", "internal error".into(), None)
+                status(Code::Internal, "internal", "internal error", None)
             }
         }
     }
-}
-
-/// The user a call acts for; UNAUTHENTICATED without one.
-fn caller<T>(req: &Request<T>) -> Result<Uuid, Status> {
-    let raw = req.metadata().get(USER_ID_KEY).ok_or_else(|| {
-        status(
-            Code::Unauthenticated,
-            "unauthenticated",
-            "no authenticated user".into(),
-            None,
-        )
-    })?;
-    raw.to_str()
-        .ok()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| invalid("x-user-id", "malformed"))
 }
 
 fn parse_id(field: &'static str, s: &str) -> Result<Uuid, Status> {

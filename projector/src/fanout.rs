@@ -35,35 +35,20 @@ use std::time::{Duration, Instant};
 
 use domain::conversation::ConversationEvent;
 use domain::decode::{AnyEvent, DecodedEvent};
+use domain::frame::EventFrame;
 use domain::read_marker::ReadMarkerEvent;
 use fred::prelude::{Client, ClientLike, KeysInterface, PubsubInterface};
-use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use infra::retry::Backoff;
 
-/// The API.md WebSocket frame of an event, or `None` for events without
-/// one (user events, and events without a global position).
+/// The API.md WebSocket frame of an event ([`EventFrame`]), or `None` for
+/// events without one (user events, and events without a global position).
 pub fn frame(event: &DecodedEvent) -> Option<String> {
-    let conversation_id = event.conversation_id()?;
-    let position = event.envelope.position?;
+    let conversation_id = event.conversation_id()?.to_string();
     let e = &event.envelope;
-    let frame = json!({
-        "type": "event",
-        "cursor": position.to_string(),
-        "event": {
-            "event_id": e.event_id,
-            "event_type": e.event_type,
-            "event_version": e.event_version,
-            "conversation_id": conversation_id,
-            "seq": e.sequence,
-            "occurred_at": e.occurred_at,
-            "actor": e.actor,
-            "data": e.payload,
-        }
-    });
-    Some(frame.to_string())
+    EventFrame::of(e, &conversation_id, &e.payload).map(|f| f.to_json())
 }
 
 /// The Redis work of one committed batch.
@@ -237,6 +222,7 @@ impl Fanout {
 mod tests {
     use super::*;
     use domain::decode::Decoder;
+    use serde_json::json;
     use serde_json::Value;
 
     #[test]

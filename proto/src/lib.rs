@@ -8,22 +8,27 @@
 //!   users, the audit log, the WebSocket replay).
 //! - [`notifier::v1`]: `NotifierService`, push subscriptions and
 //!   notification settings.
+//! - [`meta`]: the metadata every call carries (caller, correlation id,
+//!   error code and field) and the helpers that read and write it.
 //! - [`FILE_DESCRIPTOR_SET`]: for gRPC server reflection.
 
-#![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod meta;
 
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod command {
     pub mod v1 {
         tonic::include_proto!("messenger.command.v1");
     }
 }
 
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod query {
     pub mod v1 {
         tonic::include_proto!("messenger.query.v1");
     }
 }
 
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod notifier {
     pub mod v1 {
         tonic::include_proto!("messenger.notifier.v1");

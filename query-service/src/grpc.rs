@@ -8,39 +8,15 @@
 //! bare `Internal`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use proto::meta::{caller, status};
 use proto::query::v1 as pb;
 use proto::query::v1::query_service_server::QueryService;
-use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
-use uuid::Uuid;
 
 use crate::reads::audit::StoredEvent;
 use crate::reads::conversations::{ConversationDetails, ConversationSummary};
 use crate::reads::users::UserView;
 use crate::reads::{MessageView, QueryError, Reads};
-
-/// Metadata key naming the authenticated user a call acts for.
-pub const USER_ID_KEY: &str = "x-user-id";
-/// Metadata key of the stable error code on failures.
-pub const ERROR_CODE_KEY: &str = "x-error-code";
-/// Metadata key of the offending field on validation failures.
-pub const ERROR_FIELD_KEY: &str = "x-error-field";
-
-fn status(
-    code: Code,
-    error_code: &'static str,
-    message: String,
-    field: Option<&'static str>,
-) -> Status {
-    let mut s = Status::new(code, message);
-    s.metadata_mut()
-        .insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
-    if let Some(f) = field {
-        s.metadata_mut()
-            .insert(ERROR_FIELD_KEY, MetadataValue::from_static(f));
-    }
-    s
-}
 
 impl From<QueryError> for Status {
     fn from(e: QueryError) -> Self {
@@ -62,37 +38,14 @@ impl From<QueryError> for Status {
             QueryError::NotAuditor => status(Code::PermissionDenied, "forbidden", msg, None),
             QueryError::Database(err) => {
                 tracing::error!(error = ?err, "read failed");
-                status(Code::Internal, "internal", "internal error".into(), None)
+                status(Code::Internal, "internal", "internal error", None)
             }
             QueryError::Corrupt(what) => {
                 tracing::error!(error = %what, "read failed on stored data");
-                status(Code::Internal, "internal", "internal error".into(), None)
+                status(Code::Internal, "internal", "internal error", None)
             }
         }
     }
-}
-
-/// The user a call acts for; UNAUTHENTICATED without one.
-fn caller<T>(req: &Request<T>) -> Result<Uuid, Status> {
-    let raw = req.metadata().get(USER_ID_KEY).ok_or_else(|| {
-        status(
-            Code::Unauthenticated,
-            "unauthenticated",
-            "no authenticated user".into(),
-            None,
-        )
-    })?;
-    raw.to_str()
-        .ok()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| {
-            status(
-                Code::InvalidArgument,
-                "validation_failed",
-                "malformed x-user-id".into(),
-                None,
-            )
-        })
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -166,7 +119,7 @@ fn envelope(e: StoredEvent) -> pb::Envelope {
         actor: e.actor,
         correlation_id: e.correlation_id.to_string(),
         causation_id: e.causation_id.map(|c| c.to_string()),
-        position: e.position,
+        position: e.position.unwrap_or_default(),
         payload_json: e.payload.get().to_owned(),
     }
 }

@@ -14,6 +14,7 @@
 //!   envelope.v1.schema.json                         the Kafka envelope
 //!   events/<aggregate_type>/<EventType>.v<N>.schema.json
 //!                                                   one payload, one version
+//!   ws/event-frame.v1.schema.json                   the WebSocket event frame
 //!   tests/events_match_schemas.rs                   the domain agrees with them
 //! ```
 //!
@@ -98,6 +99,14 @@ const ENVELOPE_V1: &str = include_str!("../envelope.v1.schema.json");
 /// The JSON Schema of the Kafka envelope (version [`ENVELOPE_VERSION`]).
 pub fn envelope_schema() -> &'static str {
     ENVELOPE_V1
+}
+
+const EVENT_FRAME_V1: &str = include_str!("../ws/event-frame.v1.schema.json");
+
+/// The JSON Schema of API.md's WebSocket `event` frame
+/// (`domain::frame::EventFrame`).
+pub fn event_frame_schema() -> &'static str {
+    EVENT_FRAME_V1
 }
 
 /// The JSON Schema of one event payload, or `None` if that aggregate type,

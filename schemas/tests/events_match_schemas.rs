@@ -760,3 +760,65 @@ fn envelope_schema_refuses_bad_envelopes() {
         assert!(!v.is_valid(&e), "{why} must be refused: {e}");
     }
 }
+
+/// Every conversation event and read marker the domain defines, framed by
+/// the one `domain::frame::EventFrame` the projector and query-service
+/// write, validates against `ws/event-frame.v1.schema.json`; frames that
+/// break the contract do not.
+#[test]
+fn websocket_event_frames_validate_against_their_schema() {
+    use domain::frame::EventFrame;
+    let validator = compile(schemas::event_frame_schema(), "ws/event-frame.v1");
+    let mut checked = 0;
+    for (aggregate_type, samples) in all_samples() {
+        if aggregate_type == "user" {
+            continue;
+        }
+        for (i, sample) in samples.iter().enumerate() {
+            let sequence = i as i64 + 1;
+            let env = Envelope::<Value> {
+                event_id: Uuid::now_v7(),
+                aggregate_type: aggregate_type.to_owned(),
+                aggregate_id: sample.aggregate_id.to_string(),
+                sequence,
+                event_type: sample.event_type.clone(),
+                event_version: CURRENT_VERSION,
+                occurred_at: Utc::now(),
+                actor: sample.actor.clone(),
+                correlation_id: Uuid::now_v7(),
+                causation_id: None,
+                position: Some(sequence * 10),
+                payload: sample.payload.clone(),
+            };
+            let conversation = match aggregate_type {
+                "read_marker" => sample.payload["conversation_id"]
+                    .as_str()
+                    .expect("a read marker names its conversation")
+                    .to_owned(),
+                _ => env.aggregate_id.clone(),
+            };
+            let frame = EventFrame::of(&env, &conversation, &env.payload).expect("positioned");
+            let value: Value = serde_json::from_str(&frame.to_json()).expect("frame is JSON");
+            let errs = errors(&validator, &value);
+            assert!(
+                errs.is_empty(),
+                "{aggregate_type}/{}: {errs:?}",
+                sample.event_type
+            );
+            checked += 1;
+            let mut bad = value.clone();
+            bad["cursor"] = json!(sequence * 10);
+            assert!(!errors(&validator, &bad).is_empty(), "a numeric cursor");
+            let mut bad = value.clone();
+            bad["event"]["conversation_id"] = json!("c");
+            assert!(
+                !errors(&validator, &bad).is_empty(),
+                "a non-UUID conversation"
+            );
+            let mut bad = value;
+            bad["event"].as_object_mut().expect("object").remove("seq");
+            assert!(!errors(&validator, &bad).is_empty(), "no seq");
+        }
+    }
+    assert!(checked > 10, "only {checked} frames checked");
+}

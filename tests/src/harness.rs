@@ -222,8 +222,7 @@ impl Drop for CommandService {
 pub fn as_user<T>(user: &str, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Ok(v) = user.parse() {
-        req.metadata_mut()
-            .insert(command_service::grpc::USER_ID_KEY, v);
+        req.metadata_mut().insert(proto::meta::USER_ID, v);
     }
     req
 }

@@ -50,6 +50,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ws::Utf8Bytes;
+use domain::frame::FrameEvent;
 use fred::clients::{Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use infra::retry::Backoff;
@@ -146,31 +147,26 @@ pub struct LiveFrame {
     pub text: Utf8Bytes,
 }
 
+/// What the gateway reads of a frame on a live channel: an `event` frame
+/// ([`EventFrame`], the shape the projector writes) or a `typing` frame
+/// (which gateways publish). One parse serves both.
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a str,
     #[serde(default)]
     cursor: Option<String>,
-    #[serde(default)]
-    event: Option<RawEvent>,
+    #[serde(default, borrow)]
+    event: Option<FrameEvent<'a, Subject>>,
     #[serde(default)]
     conversation_id: Option<String>,
     #[serde(default)]
     user_id: Option<String>,
 }
 
+/// The one payload field routing needs: whom a membership event is about.
 #[derive(Deserialize)]
-struct RawEvent {
-    conversation_id: String,
-    seq: i64,
-    event_type: String,
-    #[serde(default)]
-    data: Option<RawData>,
-}
-
-#[derive(Deserialize)]
-struct RawData {
+struct Subject {
     #[serde(default)]
     user_id: Option<String>,
 }
@@ -182,11 +178,11 @@ pub fn parse_frame(text: &str) -> Option<Info> {
         "event" => {
             let e = raw.event?;
             Some(Info::Event(EventInfo {
-                conversation_id: e.conversation_id,
+                conversation_id: e.conversation_id.into_owned(),
                 seq: e.seq,
                 position: raw.cursor?.parse().ok()?,
-                event_type: e.event_type,
-                subject: e.data.and_then(|d| d.user_id),
+                event_type: e.event_type.into_owned(),
+                subject: e.data.user_id,
             }))
         }
         "typing" => Some(Info::Typing {
@@ -730,7 +726,7 @@ mod tests {
 
     #[test]
     fn parses_event_and_typing_frames() {
-        let e = r#"{"type":"event","cursor":"42","event":{"event_id":"x","event_type":"MessageSent","event_version":1,"conversation_id":"c","seq":5,"occurred_at":"t","actor":"a","data":{}}}"#;
+        let e = r#"{"type":"event","cursor":"42","event":{"event_id":"0193b0a4-7e1c-7cc2-9a43-0c2b7d1e8f00","event_type":"MessageSent","event_version":1,"conversation_id":"c","seq":5,"occurred_at":"2026-12-03T12:00:00Z","actor":"a","data":{}}}"#;
         match parse_frame(e) {
             Some(Info::Event(info)) => {
                 assert_eq!(info.position, 42);
@@ -779,7 +775,16 @@ mod tests {
             let text = serde_json::json!({
                 "type": "event",
                 "cursor": position.to_string(),
-                "event": {"conversation_id": conversation_id, "seq": seq, "event_type": event_type, "data": data},
+                "event": {
+                    "event_id": "0193b0a4-7e1c-7cc2-9a43-0c2b7d1e8f00",
+                    "event_type": event_type,
+                    "event_version": 1,
+                    "conversation_id": conversation_id,
+                    "seq": seq,
+                    "occurred_at": "2026-12-03T12:00:00Z",
+                    "actor": "a",
+                    "data": data,
+                },
             })
             .to_string();
             match parse_frame(&text) {

@@ -9,12 +9,11 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use domain::envelope::Envelope;
+use domain::frame::EventFrame;
+use infra::postgres::{EventRow, EVENT_COLUMNS};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::{page_limit, QueryError, Reads};
@@ -29,22 +28,14 @@ pub const MAX_REPLAY_LIMIT: u32 = 1000;
 /// call whatever the gap and however few events concern the caller.
 pub const REPLAY_SCAN_WINDOW: i64 = 10_000;
 
-/// One stored event with its envelope, as in `schemas/envelope.v1.schema.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct StoredEvent {
-    pub event_id: Uuid,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    pub event_type: String,
-    pub event_version: u32,
-    pub occurred_at: DateTime<Utc>,
-    pub actor: String,
-    pub correlation_id: Uuid,
-    pub causation_id: Option<Uuid>,
-    pub position: i64,
-    /// The payload exactly as stored (a JSON object).
-    pub payload: Box<RawValue>,
+/// One stored event with its envelope, as in
+/// `schemas/envelope.v1.schema.json`, payload exactly as stored. Only
+/// positioned events are read, so `position` is always `Some`.
+pub type StoredEvent = Envelope<Box<RawValue>>;
+
+/// The global position of a positioned event.
+fn position(e: &StoredEvent) -> i64 {
+    e.position.unwrap_or_default()
 }
 
 /// A page of the global log.
@@ -84,62 +75,14 @@ pub struct ReplayPage {
     pub waiting_for_projection: bool,
 }
 
-/// The metadata column, written by command-service's event store.
-#[derive(Deserialize)]
-struct Meta {
-    event_id: Uuid,
-    actor: String,
-    correlation_id: Uuid,
-    causation_id: Option<Uuid>,
-    occurred_at: DateTime<Utc>,
-}
-
-const EVENT_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type, \
-     event_version, payload::text AS payload, metadata::text AS metadata";
-
-fn stored_event(row: &PgRow) -> Result<StoredEvent, QueryError> {
-    let corrupt =
-        |what: &str, e: &dyn std::fmt::Display| QueryError::Corrupt(format!("event {what}: {e}"));
-    let metadata: String = row.try_get("metadata")?;
-    let meta: Meta = serde_json::from_str(&metadata).map_err(|e| corrupt("metadata", &e))?;
-    let payload: String = row.try_get("payload")?;
-    let version: String = row.try_get("event_version")?;
-    Ok(StoredEvent {
-        event_id: meta.event_id,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: version.parse().map_err(|e| corrupt("version", &e))?,
-        occurred_at: meta.occurred_at,
-        actor: meta.actor,
-        correlation_id: meta.correlation_id,
-        causation_id: meta.causation_id,
-        position: row.try_get("position")?,
-        payload: RawValue::from_string(payload).map_err(|e| corrupt("payload", &e))?,
-    })
-}
-
-/// The `event` object of a WebSocket event frame.
-#[derive(Serialize)]
-struct FrameEvent<'a> {
-    event_id: Uuid,
-    event_type: &'a str,
-    event_version: u32,
-    conversation_id: &'a str,
-    seq: i64,
-    occurred_at: DateTime<Utc>,
-    actor: &'a str,
-    data: &'a Value,
-}
-
-/// A WebSocket event frame.
-#[derive(Serialize)]
-struct Frame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    cursor: String,
-    event: FrameEvent<'a>,
+fn stored_event(row: EventRow) -> Result<StoredEvent, QueryError> {
+    if row.position.is_none() {
+        return Err(QueryError::Corrupt(
+            "an unpositioned event in a positioned read".into(),
+        ));
+    }
+    row.into_raw_envelope()
+        .map_err(|e| QueryError::Corrupt(format!("event {e}")))
 }
 
 /// (conversation, message) of an event that carries a message body: the
@@ -178,7 +121,7 @@ impl Reads {
             ));
         }
         let limit = page_limit(limit, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)?;
-        let rows = sqlx::query(&format!(
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
         ))
         .bind(after_position)
@@ -186,10 +129,10 @@ impl Reads {
         .fetch_all(&self.pool)
         .await?;
         let events = rows
-            .iter()
+            .into_iter()
             .map(stored_event)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_position = events.last().map_or(after_position, |e| e.position);
+        let next_position = events.last().map_or(after_position, position);
         Ok(EventPage {
             events,
             next_position,
@@ -217,7 +160,7 @@ impl Reads {
         let limit = page_limit(limit, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)?;
         // Within a stream positions follow sequences, so "positioned only"
         // cuts a suffix: no hole.
-        let rows = sqlx::query(&format!(
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 \
                AND position IS NOT NULL \
@@ -230,7 +173,7 @@ impl Reads {
         .fetch_all(&self.pool)
         .await?;
         let mut events = rows
-            .iter()
+            .into_iter()
             .map(stored_event)
             .collect::<Result<Vec<_>, _>>()?;
         let has_more = events.len() as i64 > limit;
@@ -335,7 +278,7 @@ impl Reads {
         // The CASE keeps the uuid cast away from other streams' ids.
         // Read markers are streams of their own; the caller's are replayed
         // as the projector publishes them live (on the user's channel).
-        let rows = sqlx::query(&format!(
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM events e \
              WHERE e.position > $1 AND e.position <= $2 \
                AND ((e.aggregate_type = 'conversation' \
@@ -355,11 +298,11 @@ impl Reads {
         .fetch_all(&self.pool)
         .await?;
         let events = rows
-            .iter()
+            .into_iter()
             .map(stored_event)
             .collect::<Result<Vec<_>, _>>()?;
         let next_position = if events.len() as i64 >= limit {
-            events.last().map_or(window_end, |e| e.position)
+            events.last().map_or(window_end, position)
         } else {
             window_end
         };
@@ -420,24 +363,12 @@ impl Reads {
                         .to_owned(),
                     _ => e.aggregate_id.clone(),
                 };
-                let frame = Frame {
-                    kind: "event",
-                    cursor: e.position.to_string(),
-                    event: FrameEvent {
-                        event_id: e.event_id,
-                        event_type: &e.event_type,
-                        event_version: e.event_version,
-                        conversation_id: &conversation_id,
-                        seq: e.sequence,
-                        occurred_at: e.occurred_at,
-                        actor: &e.actor,
-                        data,
-                    },
-                };
+                let frame = EventFrame::of(e, &conversation_id, &*data)
+                    .ok_or_else(|| QueryError::Corrupt("an unpositioned event".into()))?;
                 let frame_json = serde_json::to_string(&frame)
                     .map_err(|err| QueryError::Corrupt(format!("frame: {err}")))?;
                 Ok(ReplayFrame {
-                    position: e.position,
+                    position: position(e),
                     conversation_id,
                     seq: e.sequence,
                     frame_json,

@@ -199,11 +199,7 @@ pub async fn change_password(
     match reply {
         Ok(_) => {}
         Err(s) if s.code() == tonic::Code::Unauthenticated => {
-            let code = s
-                .metadata()
-                .get("x-error-code")
-                .and_then(|v| v.to_str().ok());
-            if code == Some("invalid_credentials") {
+            if proto::meta::error_code(&s) == Some("invalid_credentials") {
                 return Err(wrong_current());
             }
             return Err(s.into());
