@@ -18,10 +18,10 @@
 //!   policy.
 //! - [`grpc`] (feature `grpc-server`): the one gRPC server bring-up (mTLS,
 //!   health, TCP_NODELAY, optional reflection).
-//! - [`tls`]: tonic mutual-TLS configurations built from a PKI directory:
+//! - [`tls`] (feature `tls`): tonic mutual-TLS configurations built from a PKI directory:
 //!   servers require a client certificate signed by the CA; clients present
 //!   their own and trust only the CA.
-//! - [`pki`]: the local certificate authority of the dev stack. It writes a
+//! - [`pki`] (feature `pki`): the local certificate authority of the dev stack. It writes a
 //!   CA and one certificate per service (valid for both TLS server and client
 //!   authentication, so the same pair serves mutual TLS on either side). The
 //!   `messenger-pki` binary (`src/bin/messenger-pki.rs`) is its command-line
@@ -34,6 +34,7 @@ pub mod cli;
 #[cfg(feature = "grpc-server")]
 pub mod grpc;
 pub mod keys;
+#[cfg(feature = "pki")]
 pub mod pki;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -42,4 +43,5 @@ pub mod redis;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "tls")]
 pub mod tls;

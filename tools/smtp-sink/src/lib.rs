@@ -25,7 +25,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use tests::smtp_sink::{Config, SmtpSink};
+//! use smtp_sink::{Config, SmtpSink};
 //! let sink = SmtpSink::bind(Config::ephemeral()).await?;
 //! let (smtp, http, mailbox) = (sink.smtp_addr(), sink.http_addr(), sink.mailbox());
 //! tokio::spawn(sink.run_until_stopped(std::future::pending()));

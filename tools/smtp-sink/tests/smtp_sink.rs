@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Context as _, Result};
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
-use tests::smtp_sink::{Config, Mailbox, Message, SmtpSink};
+use smtp_sink::{Config, Mailbox, Message, SmtpSink};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 

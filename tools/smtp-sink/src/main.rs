@@ -1,4 +1,4 @@
-//! `smtp-sink`: the dev stack's SMTP catcher (see [`tests::smtp_sink`]).
+//! `smtp-sink`: the dev stack's SMTP catcher (see [`smtp_sink`]).
 //!
 //! ```text
 //! smtp-sink --smtp-addr 127.0.0.1:52525 --http-addr 127.0.0.1:58025 --dir .dev/smtp
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use tests::smtp_sink::{Config, SmtpSink, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_BYTES};
+use smtp_sink::{Config, SmtpSink, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_BYTES};
 use tracing_subscriber::EnvFilter;
 
 /// An SMTP server that keeps every message and shows them over HTTP.
@@ -55,26 +55,7 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {} and {}", config.smtp_addr, config.http_addr))?;
     tracing::info!(smtp = %sink.smtp_addr(), http = %sink.http_addr(), dir = ?config.dir, "smtp-sink listening");
-    sink.run_until_stopped(shutdown_signal()).await?;
+    sink.run_until_stopped(infra::shutdown::signal()).await?;
     tracing::info!("smtp-sink stopped");
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM (what `./dev down` sends).
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the sink");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
