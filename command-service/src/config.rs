@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
-/// Settings of command-service. `Debug` is hand-written: the database URL
-/// may carry a password.
-#[derive(Clone, clap::Args)]
+/// Settings of command-service. Its database URL sits in an `infra`
+/// group whose `Debug` leaves it out (it may carry a password).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL holding the event store and command-side tables.
     #[command(flatten)]
@@ -89,24 +89,4 @@ impl Config {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect())
     }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("kafka", &self.kafka)
-            .field("relay", &self.relay)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Parses a `Config` from an argument list and the environment, for
-/// embedding (tests, benchmarks) the way the binary does.
-pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    infra::cli::parse_from(args)
 }

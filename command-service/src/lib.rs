@@ -30,12 +30,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use domain::Limits;
 use infra::grpc::GrpcServer;
 use infra::shutdown::Shutdown;
 use proto::command::v1::command_service_server::CommandServiceServer;
-use tokio::net::TcpListener;
 
 use crate::commands::Commands;
 use crate::config::Config;
@@ -99,17 +97,17 @@ impl Application {
         } else {
             None
         };
-        let tls = infra::tls::server(&config.pki.pki_dir, &config.tls_name)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let reflection = config
-            .grpc
-            .grpc_reflection
-            .then_some(proto::FILE_DESCRIPTOR_SET);
+        let server = GrpcServer::bind(
+            config.listen,
+            &config.pki,
+            &config.tls_name,
+            &config.grpc,
+            proto::FILE_DESCRIPTOR_SET,
+        )
+        .await?;
+        let addr = server.local_addr()?;
         Ok(Self {
-            server: GrpcServer::new(listener, tls, reflection),
+            server,
             addr,
             commands,
             relay,

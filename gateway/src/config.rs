@@ -159,13 +159,3 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
-
-/// Parses a `Config` from an argument list and the environment, for
-/// embedding (tests, benchmarks) the way the binary does.
-pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    infra::cli::parse_from(args)
-}

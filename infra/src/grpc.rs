@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -19,6 +20,8 @@ use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::ServerTlsConfig;
+
+use crate::cli::{GrpcArgs, PkiArgs};
 
 /// A gRPC server being assembled: bound, not yet serving.
 #[derive(Debug)]
@@ -45,6 +48,27 @@ impl GrpcServer {
             routes: Routes::default(),
             names: Vec::new(),
         }
+    }
+
+    /// Binds `listen` (port 0 picks one), with the server side of mutual
+    /// TLS from the PKI directory under the certificate name `tls_name`,
+    /// and reflection over `descriptors` if the operator turned it on.
+    pub async fn bind(
+        listen: SocketAddr,
+        pki: &PkiArgs,
+        tls_name: &str,
+        grpc: &GrpcArgs,
+        descriptors: &'static [u8],
+    ) -> anyhow::Result<Self> {
+        let tls = crate::tls::server(&pki.pki_dir, tls_name)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Self::new(
+            listener,
+            tls,
+            grpc.grpc_reflection.then_some(descriptors),
+        ))
     }
 
     /// Where it listens.

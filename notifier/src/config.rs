@@ -145,11 +145,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// [`Self::kafka_options`] as pairs; an entry without `=` is refused.
-    pub fn kafka_options(&self) -> Result<Vec<(&str, &str)>, String> {
-        infra::cli::kafka_options(&self.kafka_options)
-    }
-
     pub fn poll(&self) -> Duration {
         Duration::from_millis(self.poll_ms.max(10))
     }
@@ -168,14 +163,4 @@ impl std::fmt::Debug for Config {
             .field("email_delay_secs", &self.email_delay_secs)
             .finish_non_exhaustive()
     }
-}
-
-/// Parses a `Config` from an argument list and the environment, for
-/// embedding (tests, benchmarks) the way the binary does.
-pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    infra::cli::parse_from(args)
 }

@@ -80,14 +80,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::decode::Decoder;
-use event_stream::dead_letter::DeadLetter;
-use event_stream::offsets::EventsConsumer;
 use infra::grpc::GrpcServer;
 use infra::shutdown::Shutdown;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use proto::notifier::v1::notifier_service_server::NotifierServiceServer;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -134,22 +131,15 @@ impl Application {
         .await?;
         let vapid = load_vapid_key(&config.vapid_private_key_file)?;
         let redis = infra::redis::connect(&config.redis.redis_url).await?;
-        let options = config.kafka_options().map_err(anyhow::Error::msg)?;
-        // Offsets in PostgreSQL, every partition assigned (ADR 0005).
-        let source = EventsConsumer::new(
-            &config.kafka.kafka_brokers,
-            &config.group_id,
-            &config.kafka.events_topic,
-            config.fetch_wait_ms,
-            &options,
-        )
-        .context("creating the Kafka consumer")?;
-        let dead_letter = DeadLetter::new(
-            &config.kafka.kafka_brokers,
-            &config.dead_letter_topic,
-            &options,
-        )
-        .context("creating the dead-letter producer")?;
+        let (source, dead_letter) = event_stream::open(
+            &config.kafka,
+            event_stream::GroupSettings {
+                group_id: &config.group_id,
+                fetch_wait_ms: config.fetch_wait_ms,
+                dead_letter_topic: &config.dead_letter_topic,
+                kafka_options: &config.kafka_options,
+            },
+        )?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.push_timeout_ms))
             .pool_max_idle_per_host(config.push_per_origin.max(1))
@@ -172,11 +162,15 @@ impl Application {
             .mail_from
             .parse()
             .context("parsing NOTIFIER_MAIL_FROM")?;
-        let tls = infra::tls::server(&config.pki.pki_dir, &config.tls_name)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
+        let server = GrpcServer::bind(
+            config.listen,
+            &config.pki,
+            &config.tls_name,
+            &config.grpc,
+            proto::FILE_DESCRIPTOR_SET,
+        )
+        .await?;
+        let addr = server.local_addr()?;
         let stats = Arc::new(Stats::default());
         let wake_push = Arc::new(Notify::new());
         let wake_digest = Arc::new(Notify::new());
@@ -247,12 +241,8 @@ impl Application {
             group = %config.group_id,
             "notifier built"
         );
-        let reflection = config
-            .grpc
-            .grpc_reflection
-            .then_some(proto::FILE_DESCRIPTOR_SET);
         Ok(Self {
-            server: GrpcServer::new(listener, tls, reflection),
+            server,
             addr,
             grpc,
             consumer,

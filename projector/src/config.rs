@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-/// Settings of the projector. `Debug` is hand-written: the database and
-/// Redis URLs may carry passwords.
-#[derive(Clone, clap::Args)]
+/// Settings of the projector. Its URLs sit in `infra::cli` groups whose `Debug`
+/// leaves them out (they may carry passwords).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL holding the event store (read for gap repair and rebuild)
     /// and the read models (written).
@@ -68,35 +68,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// [`Self::kafka_options`] as pairs; an entry without `=` is refused.
-    pub fn kafka_options(&self) -> Result<Vec<(&str, &str)>, String> {
-        infra::cli::kafka_options(&self.kafka_options)
-    }
-
     /// [`Self::redis_retry_secs`] as a duration.
     pub fn redis_retry(&self) -> Duration {
         Duration::from_secs(self.redis_retry_secs)
     }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("kafka", &self.kafka)
-            .field("dead_letter_topic", &self.dead_letter_topic)
-            .field("group_id", &self.group_id)
-            .field("redis", &self.redis)
-            .field("batch_size", &self.batch_size)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Parses a `Config` from an argument list and the environment, for
-/// embedding (tests, benchmarks) the way the binary does.
-pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    infra::cli::parse_from(args)
 }

@@ -48,8 +48,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use domain::decode::Decoder;
-use event_stream::dead_letter::DeadLetter;
-use event_stream::offsets::EventsConsumer;
 use infra::shutdown::Shutdown;
 use sqlx::PgPool;
 
@@ -94,22 +92,15 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let pool = prepare_database(config).await?;
         let redis = infra::redis::connect(&config.redis.redis_url).await?;
-        let options = config.kafka_options().map_err(anyhow::Error::msg)?;
-        // Offsets in PostgreSQL, every partition assigned (ADR 0005).
-        let source = EventsConsumer::new(
-            &config.kafka.kafka_brokers,
-            &config.group_id,
-            &config.kafka.events_topic,
-            config.fetch_wait_ms,
-            &options,
-        )
-        .context("creating the Kafka consumer")?;
-        let dead_letter = DeadLetter::new(
-            &config.kafka.kafka_brokers,
-            &config.dead_letter_topic,
-            &options,
-        )
-        .context("creating the dead-letter producer")?;
+        let (source, dead_letter) = event_stream::open(
+            &config.kafka,
+            event_stream::GroupSettings {
+                group_id: &config.group_id,
+                fetch_wait_ms: config.fetch_wait_ms,
+                dead_letter_topic: &config.dead_letter_topic,
+                kafka_options: &config.kafka_options,
+            },
+        )?;
         let stats = Arc::new(Stats::default());
         let live = LiveLoop {
             source,

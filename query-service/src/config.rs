@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Settings of query-service. `Debug` is hand-written: the database and
-/// Redis URLs may carry passwords.
-#[derive(Clone, clap::Args)]
+/// Settings of query-service. Its URLs sit in `infra::cli` groups whose `Debug`
+/// leaves them out (they may carry passwords).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL holding the read models and the event store.
     #[command(flatten)]
@@ -57,26 +57,4 @@ impl Config {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
     }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("db_pool", &self.db_pool)
-            .field("redis", &self.redis)
-            .field("cache", &self.cache)
-            .field("cache_ttl_secs", &self.cache_ttl_secs)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Parses a `Config` from an argument list and the environment, for
-/// embedding (tests, benchmarks) the way the binary does.
-pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    infra::cli::parse_from(args)
 }

@@ -69,11 +69,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use infra::grpc::GrpcServer;
 use infra::shutdown::Shutdown;
 use proto::query::v1::query_service_server::QueryServiceServer;
-use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -112,17 +110,17 @@ impl Application {
         if config.cache && !cache.wait_connected(Duration::from_secs(2)).await {
             tracing::warn!("Redis not reachable yet; serving from PostgreSQL meanwhile");
         }
-        let tls = infra::tls::server(&config.pki.pki_dir, &config.tls_name)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let reflection = config
-            .grpc
-            .grpc_reflection
-            .then_some(proto::FILE_DESCRIPTOR_SET);
+        let server = GrpcServer::bind(
+            config.listen,
+            &config.pki,
+            &config.tls_name,
+            &config.grpc,
+            proto::FILE_DESCRIPTOR_SET,
+        )
+        .await?;
+        let addr = server.local_addr()?;
         Ok(Self {
-            server: GrpcServer::new(listener, tls, reflection),
+            server,
             addr,
             reads: Reads::new(pool, cache),
         })

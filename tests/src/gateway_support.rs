@@ -3,6 +3,7 @@
 //! database, topic, consumer group and Redis prefix, reached over real
 //! HTTPS and WSS that trust the test CA only.
 
+use crate::running::Running;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +12,6 @@ use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -35,8 +34,7 @@ pub struct PlatformOptions {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub state: gateway::state::AppState,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<()>>>,
+    running: Running,
 }
 
 impl Gateway {
@@ -45,35 +43,17 @@ impl Gateway {
         let app = gateway::Application::build(&config).await?;
         let addr = app.local_addr();
         let state = app.state().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(|stop| app.run_until_stopped(stop));
         Ok(Self {
             addr,
             state,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 
     /// Graceful stop.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    pub async fn stop(self) -> Result<()> {
+        self.running.stop().await
     }
 }
 
@@ -141,7 +121,9 @@ pub fn gateway_config(
         smtp,
     ];
     args.extend(extra.iter().cloned());
-    Ok(gateway::config::parse_from(args)?)
+    Ok(infra::cli::parse_from::<gateway::config::Config, _, _>(
+        args,
+    )?)
 }
 
 impl Platform {

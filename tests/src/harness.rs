@@ -3,6 +3,7 @@
 //! PostgreSQL and Kafka-protocol broker of the dev stack (`./dev test` starts
 //! them and exports their addresses).
 
+use crate::running::Running;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -10,8 +11,6 @@ use anyhow::Context;
 use command_service::commands::Commands;
 use proto::command::v1::command_service_client::CommandServiceClient;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 /// Addresses of the running stack, from the environment `./dev test` sets.
@@ -113,8 +112,7 @@ pub struct CommandService {
     pub pool: PgPool,
     pub topic: String,
     pub commands: Arc<Commands>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 /// Fast argon2 for tests that are not about hashing cost.
@@ -164,22 +162,18 @@ impl CommandService {
         ];
         args.extend(FAST_HASH.iter().map(|s| s.to_string()));
         args.extend(opts.extra_args);
-        let config = command_service::config::parse_from(args)?;
+        let config = infra::cli::parse_from::<command_service::config::Config, _, _>(args)?;
         let app = command_service::Application::build(&config).await?;
         let addr = app.local_addr();
         let commands = app.commands();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(|stop| app.run_until_stopped(stop));
         Ok(Self {
             addr,
             database_url: url,
             pool,
             topic,
             commands,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 
@@ -199,22 +193,8 @@ impl CommandService {
     }
 
     /// Graceful stop: in-flight calls finish, the relay ends its round.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for CommandService {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await
     }
 }
 

@@ -11,4 +11,5 @@ pub mod notifier_support;
 pub mod plot;
 pub mod projector_support;
 pub mod query_support;
+pub mod running;
 pub use smtp_sink;

@@ -14,6 +14,7 @@
 //! and a random one if the test set them (answers then overtake each
 //! other, as they do on a real push service).
 
+use crate::running::Running;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,7 +36,6 @@ use proto::notifier::v1::notifier_service_client::NotifierServiceClient;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
@@ -151,7 +151,9 @@ pub fn config(svc: &CommandService, opts: &NotifierOptions) -> Result<notifier::
         "30".into(),
     ];
     args.extend(opts.extra_args.iter().cloned());
-    Ok(notifier::config::parse_from(args)?)
+    Ok(infra::cli::parse_from::<notifier::config::Config, _, _>(
+        args,
+    )?)
 }
 
 /// A notifier running in this process.
@@ -160,8 +162,7 @@ pub struct RunningNotifier {
     pub config: notifier::config::Config,
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<()>>>,
+    running: Running,
 }
 
 impl RunningNotifier {
@@ -174,16 +175,12 @@ impl RunningNotifier {
         let app = notifier::Application::build(&config).await?;
         let addr = app.local_addr();
         let stats = app.stats();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(|stop| app.run_until_stopped(stop));
         Ok(Self {
             config,
             addr,
             stats,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 
@@ -200,31 +197,13 @@ impl RunningNotifier {
     /// A crash: the task is aborted, so every future of the notifier is
     /// dropped wherever it is (requests in flight, an open transaction,
     /// uncommitted offsets).
-    pub async fn kill(mut self) {
-        self.stop.take();
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
-        }
+    pub async fn kill(self) {
+        self.running.kill().await;
     }
 
     /// Graceful stop.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RunningNotifier {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    pub async fn stop(self) -> Result<()> {
+        self.running.stop().await
     }
 }
 

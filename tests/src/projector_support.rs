@@ -3,6 +3,7 @@
 //! topic), waiting for it to catch up, dumping read-model tables, reading
 //! raw records and Redis pub/sub.
 
+use crate::running::Running;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -15,8 +16,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::{PgPool, Row};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::harness::{stack, CommandService};
 
@@ -84,7 +83,9 @@ pub fn config(database_url: &str, topic: &str, opts: &ProjectorOptions) -> Resul
         "5".into(),
     ];
     args.extend(opts.extra_args.iter().cloned());
-    Ok(projector::config::parse_from(args)?)
+    Ok(infra::cli::parse_from::<projector::config::Config, _, _>(
+        args,
+    )?)
 }
 
 /// A projector running in this process.
@@ -92,8 +93,7 @@ pub fn config(database_url: &str, topic: &str, opts: &ProjectorOptions) -> Resul
 pub struct RunningProjector {
     pub config: Config,
     pub stats: Arc<Stats>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<()>>>,
+    running: Running,
 }
 
 impl RunningProjector {
@@ -107,15 +107,11 @@ impl RunningProjector {
         init_logging();
         let app = projector::Application::build(&config).await?;
         let stats = app.stats();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(|stop| app.run_until_stopped(stop));
         Ok(Self {
             config,
             stats,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 
@@ -144,22 +140,8 @@ impl RunningProjector {
     }
 
     /// Graceful stop: the batch in progress finishes and commits.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RunningProjector {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    pub async fn stop(self) -> Result<()> {
+        self.running.stop().await
     }
 }
 

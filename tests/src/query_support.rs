@@ -4,6 +4,7 @@
 //! the `rm_*` read models directly, the way the projector would, so reads
 //! can be tested before and independently of the projector.
 
+use crate::running::Running;
 use std::fmt::Display;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
 use proto::query::v1::query_service_client::QueryServiceClient;
 use sqlx::PgPool;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
@@ -57,8 +58,7 @@ pub struct QueryService {
     pub prefix: String,
     /// The reads behind the gRPC service (cache counters live there).
     pub reads: query_service::reads::Reads,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl QueryService {
@@ -81,20 +81,16 @@ impl QueryService {
             "8".into(),
         ];
         args.extend(opts.extra_args);
-        let config = query_service::config::parse_from(args)?;
+        let config = infra::cli::parse_from::<query_service::config::Config, _, _>(args)?;
         let app = query_service::Application::build(&config).await?;
         let addr = app.local_addr();
         let reads = app.reads();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(|stop| app.run_until_stopped(stop));
         Ok(Self {
             addr,
             prefix,
             reads,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 
@@ -120,22 +116,8 @@ impl QueryService {
     }
 
     /// Graceful stop: in-flight calls finish.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for QueryService {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await
     }
 }
 
