@@ -3,6 +3,29 @@
 
 use std::net::SocketAddr;
 
+/// Environment names renamed to the `<SERVICE>_<GROUP>_<NAME>` pattern:
+/// the old ones still apply for one release, with a warning
+/// ([`infra::cli::accept_renamed_env`]).
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("SNAPSHOT_EVERY", "COMMAND_SERVICE_SNAPSHOT_EVERY"),
+    (
+        "AGGREGATE_CACHE_CAPACITY",
+        "COMMAND_SERVICE_AGGREGATE_CACHE_CAPACITY",
+    ),
+    ("COMMAND_MAX_ATTEMPTS", "COMMAND_SERVICE_MAX_ATTEMPTS"),
+    ("ARGON2_MEMORY_KIB", "COMMAND_SERVICE_ARGON2_MEMORY_KIB"),
+    ("ARGON2_ITERATIONS", "COMMAND_SERVICE_ARGON2_ITERATIONS"),
+    ("ARGON2_PARALLELISM", "COMMAND_SERVICE_ARGON2_PARALLELISM"),
+    (
+        "RESET_TOKEN_TTL_SECS",
+        "COMMAND_SERVICE_RESET_TOKEN_TTL_SECS",
+    ),
+    ("RELAY_BATCH_SIZE", "COMMAND_SERVICE_RELAY_BATCH_SIZE"),
+    ("RELAY_LINGER_MS", "COMMAND_SERVICE_RELAY_LINGER_MS"),
+    ("RELAY_KAFKA_OPTIONS", "COMMAND_SERVICE_RELAY_KAFKA_OPTIONS"),
+    ("RELAY_POLL_MS", "COMMAND_SERVICE_RELAY_POLL_MS"),
+];
+
 /// Settings of command-service. Its database URL sits in an `infra`
 /// group whose `Debug` leaves it out (it may carry a password).
 #[derive(Debug, Clone, clap::Args)]
@@ -36,42 +59,58 @@ pub struct Config {
     #[arg(long, env = "COMMAND_SERVICE_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay: bool,
     /// Most events the relay publishes per round.
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(long, env = "COMMAND_SERVICE_RELAY_BATCH_SIZE", default_value_t = 1000)]
     pub relay_batch_size: i64,
     /// Producer `linger.ms`.
-    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 1)]
+    #[arg(long, env = "COMMAND_SERVICE_RELAY_LINGER_MS", default_value_t = 1)]
     pub relay_linger_ms: u32,
     /// Extra librdkafka producer properties for the relay, comma-separated
     /// `key=value` pairs (e.g. `compression.type=lz4,debug=eos`); an entry
     /// without `=` is refused.
-    #[arg(long, env = "RELAY_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "COMMAND_SERVICE_RELAY_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     pub relay_kafka_options: Vec<String>,
     /// Safety-net poll interval of the relay, milliseconds.
-    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
+    #[arg(long, env = "COMMAND_SERVICE_RELAY_POLL_MS", default_value_t = 1000)]
     pub relay_poll_ms: u64,
     /// Apply migrations at start.
     #[arg(long, env = "COMMAND_SERVICE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
     /// Snapshot every this many events of a stream.
-    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    #[arg(long, env = "COMMAND_SERVICE_SNAPSHOT_EVERY", default_value_t = 100)]
     pub snapshot_every: i64,
     /// Streams kept in memory per aggregate type.
-    #[arg(long, env = "AGGREGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "COMMAND_SERVICE_AGGREGATE_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub aggregate_cache: usize,
     /// Attempts on optimistic-concurrency conflicts.
-    #[arg(long, env = "COMMAND_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "COMMAND_SERVICE_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
     /// argon2id memory cost, KiB (OWASP minimum 19456).
-    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    #[arg(
+        long,
+        env = "COMMAND_SERVICE_ARGON2_MEMORY_KIB",
+        default_value_t = 19_456
+    )]
     pub argon2_memory_kib: u32,
     /// argon2id iterations (OWASP minimum 2 at 19 MiB).
-    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
+    #[arg(long, env = "COMMAND_SERVICE_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
     /// argon2id lanes.
-    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
+    #[arg(long, env = "COMMAND_SERVICE_ARGON2_PARALLELISM", default_value_t = 1)]
     pub argon2_parallelism: u32,
     /// Lifetime of a password-reset token, seconds (at most 1800).
-    #[arg(long, env = "RESET_TOKEN_TTL_SECS", default_value_t = 1800)]
+    #[arg(
+        long,
+        env = "COMMAND_SERVICE_RESET_TOKEN_TTL_SECS",
+        default_value_t = 1800
+    )]
     pub reset_token_ttl_secs: i64,
     /// Longest message body, characters.
     #[arg(long, env = "MESSENGER_MESSAGE_BODY_MAX", default_value_t = 4000)]

@@ -27,9 +27,14 @@ enum Cmd {
     RevokeRole { user_id: String, role: String },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     infra::telemetry::init();
+    // Before the runtime's threads start: it may set environment variables.
+    infra::cli::accept_renamed_env(command_service::config::RENAMED_ENV);
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {

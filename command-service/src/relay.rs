@@ -119,7 +119,7 @@ impl Relay {
             // per partition batch, and an epoch bump (librdkafka's answer
             // to a timed-out request under load) panics its storage task
             // ("more or less than one row"), wedging the broker. Against a
-            // real Kafka, RELAY_KAFKA_OPTIONS can turn it back on, with
+            // real Kafka, COMMAND_SERVICE_RELAY_KAFKA_OPTIONS can turn it back on, with
             // max.in.flight.requests.per.connection=5.
             .set("enable.idempotence", "false")
             .set("max.in.flight.requests.per.connection", "1")

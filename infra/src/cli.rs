@@ -34,6 +34,29 @@ pub fn kafka_options(entries: &[String]) -> Result<Vec<(&str, &str)>, String> {
         .collect()
 }
 
+/// Environment names a service renamed, `(old, new)`, still honoured for
+/// one release: where `old` is set and `new` is not, `new` takes its value
+/// and a warning names both. Call it at the start of `main`, after
+/// [`crate::telemetry::init`] and before any thread starts (it sets
+/// environment variables), then parse the `Config`.
+pub fn accept_renamed_env(renamed: &[(&str, &str)]) {
+    for (old, new) in renamed {
+        let Some(value) = std::env::var_os(old) else {
+            continue;
+        };
+        if std::env::var_os(new).is_some() {
+            tracing::warn!(old, new, "both set: {old} is ignored, {new} applies");
+        } else {
+            tracing::warn!(
+                old,
+                new,
+                "{old} is deprecated and will be removed: use {new}"
+            );
+            std::env::set_var(new, value);
+        }
+    }
+}
+
 /// Where the dev PKI (or an operator's) lives: `<dir>/ca.pem` and one
 /// `<name>.pem` / `<name>.key` pair per service.
 #[derive(Debug, Clone, clap::Args)]
@@ -106,6 +129,19 @@ mod tests {
         kafka: KafkaArgs,
         #[arg(long, value_delimiter = ',')]
         kafka_option: Vec<String>,
+    }
+
+    #[test]
+    fn a_renamed_variable_still_applies_unless_the_new_one_is_set() {
+        let (old, new) = ("MESSENGER_TEST_OLD_NAME_1", "MESSENGER_TEST_NEW_NAME_1");
+        std::env::set_var(old, "7");
+        accept_renamed_env(&[(old, new)]);
+        assert_eq!(std::env::var(new).as_deref(), Ok("7"));
+        std::env::set_var(old, "8");
+        accept_renamed_env(&[(old, new)]);
+        assert_eq!(std::env::var(new).as_deref(), Ok("7"), "the new name wins");
+        accept_renamed_env(&[("MESSENGER_TEST_UNSET_NAME", "MESSENGER_TEST_UNSET_NEW")]);
+        assert!(std::env::var_os("MESSENGER_TEST_UNSET_NEW").is_none());
     }
 
     #[test]

@@ -4,6 +4,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Environment names renamed to the `<SERVICE>_<GROUP>_<NAME>` pattern:
+/// the old ones still apply for one release, with a warning
+/// ([`infra::cli::accept_renamed_env`]).
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("QUERY_CACHE", "QUERY_SERVICE_CACHE"),
+    ("QUERY_CACHE_TTL_SECS", "QUERY_SERVICE_CACHE_TTL_SECS"),
+    ("QUERY_REDIS_TIMEOUT_MS", "QUERY_SERVICE_REDIS_TIMEOUT_MS"),
+    ("QUERY_REDIS_POOL", "QUERY_SERVICE_REDIS_POOL"),
+];
+
 /// Settings of query-service. Its URLs sit in `infra::cli` groups whose `Debug`
 /// leaves them out (they may carry passwords).
 #[derive(Debug, Clone, clap::Args)]
@@ -31,19 +41,19 @@ pub struct Config {
     pub redis: infra::cli::RedisArgs,
     /// Use the Redis cache at all (`false` reads PostgreSQL only; for
     /// measurements and emergencies).
-    #[arg(long, env = "QUERY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "QUERY_SERVICE_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub cache: bool,
     /// Lifetime of a cached value, seconds. Coherence does not depend on it
     /// (generations do that); it bounds memory and the effect of a lost
     /// generation increment.
-    #[arg(long, env = "QUERY_CACHE_TTL_SECS", default_value_t = 300)]
+    #[arg(long, env = "QUERY_SERVICE_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,
     /// Longest wait for one Redis command before reading PostgreSQL instead,
     /// milliseconds.
-    #[arg(long, env = "QUERY_REDIS_TIMEOUT_MS", default_value_t = 200)]
+    #[arg(long, env = "QUERY_SERVICE_REDIS_TIMEOUT_MS", default_value_t = 200)]
     pub redis_timeout_ms: u64,
     /// Redis connections (each pipelines many requests).
-    #[arg(long, env = "QUERY_REDIS_POOL", default_value_t = 2)]
+    #[arg(long, env = "QUERY_SERVICE_REDIS_POOL", default_value_t = 2)]
     pub redis_pool: usize,
 }
 

@@ -12,9 +12,14 @@ struct Cli {
     config: Config,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     infra::telemetry::init();
+    // Before the runtime's threads start: it may set environment variables.
+    infra::cli::accept_renamed_env(query_service::config::RENAMED_ENV);
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let app = Application::build(&cli.config).await?;
     app.run_until_stopped(infra::shutdown::signal()).await
