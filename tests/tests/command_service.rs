@@ -1079,3 +1079,68 @@ async fn all_on_kafka_with_duplicates(
     }
     Ok(records)
 }
+
+/// gRPC server reflection describes the whole internal API to any holder of
+/// a client certificate, so the shared server bring-up
+/// (`infra::grpc::GrpcServer`) serves it only when the operator asks
+/// (`MESSENGER_GRPC_REFLECTION`, here `--grpc-reflection true`).
+#[tokio::test]
+async fn grpc_reflection_is_served_only_when_turned_on() -> Result<()> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    async fn services(svc: &CommandService) -> Result<std::result::Result<Vec<String>, Code>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "https://localhost:{}",
+            svc.addr.port()
+        ))?
+        .tls_config(infra::tls::client(
+            tests::harness::pki(),
+            "client",
+            "localhost",
+        )?)?
+        .connect()
+        .await?;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let reply = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await;
+        let mut stream = match reply {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Ok(Err(s.code())),
+        };
+        let first = match stream.message().await {
+            Ok(m) => m.context("no reflection reply")?,
+            Err(s) => return Ok(Err(s.code())),
+        };
+        match first.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                Ok(Ok(list.service.into_iter().map(|s| s.name).collect()))
+            }
+            other => anyhow::bail!("unexpected reflection reply {other:?}"),
+        }
+    }
+
+    let off = CommandService::start(CommandServiceOptions::default()).await?;
+    assert_eq!(services(&off).await?, Err(Code::Unimplemented));
+    off.stop().await?;
+
+    let on = CommandService::start(CommandServiceOptions {
+        extra_args: vec!["--grpc-reflection".into(), "true".into()],
+        ..CommandServiceOptions::default()
+    })
+    .await?;
+    let listed = services(&on).await?.map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert!(
+        listed
+            .iter()
+            .any(|s| s == "messenger.command.v1.CommandService"),
+        "{listed:?}"
+    );
+    on.stop().await
+}
