@@ -9,6 +9,8 @@
 //! - [`dead_letter`]: [`dead_letter::DeadLetter`], the producer of the
 //!   dead-letter topic: consumed records that cannot be handled (with the
 //!   reason in `dlq_*` headers) and other failures a service records there.
+//! - [`open`]: both, for one consumer group, from the shared Kafka settings
+//!   and the service's own ([`GroupSettings`]).
 //!
 //! Decoding a record into a typed event is the domain's
 //! ([`domain::decode`]); this crate only moves bytes and positions.
