@@ -39,6 +39,9 @@ pub struct Config {
     /// Kafka, and the topic receiving every event.
     #[command(flatten)]
     pub kafka: infra::cli::KafkaArgs,
+    /// Redis, where the relay publishes live frames (ADR 0006).
+    #[command(flatten)]
+    pub redis: infra::cli::RedisArgs,
     /// gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "COMMAND_SERVICE_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -73,6 +76,21 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub relay_kafka_options: Vec<String>,
+    /// Copy `event_type`, `event_version`, `aggregate_type`, `sequence` and
+    /// `position` into Kafka record headers (schemas/README.md). Off by
+    /// default: no consumer of ours reads them (the value carries them),
+    /// and tansu stores each header as a row of its own. Turn on for
+    /// tools that route on headers.
+    #[arg(long, env = "COMMAND_SERVICE_RELAY_HEADERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub relay_headers: bool,
+    /// How long the relay retries publishing a round's live frames to
+    /// Redis before it produces the round to Kafka without them.
+    #[arg(
+        long,
+        env = "COMMAND_SERVICE_RELAY_LIVE_RETRY_MS",
+        default_value_t = 2000
+    )]
+    pub relay_live_retry_ms: u64,
     /// Safety-net poll interval of the relay, milliseconds.
     #[arg(long, env = "COMMAND_SERVICE_RELAY_POLL_MS", default_value_t = 1000)]
     pub relay_poll_ms: u64,

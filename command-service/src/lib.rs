@@ -10,7 +10,8 @@
 //!   snapshots, optimistic concurrency with bounded retries.
 //! - [`lookup`]: the Postgres adapter of the domain's lookup port.
 //! - [`credentials`]: argon2id hashing and reset tokens (secrets stay here).
-//! - [`relay`]: the outbox relay from the event store to Kafka.
+//! - [`relay`]: the outbox relay from the event store to Kafka, and
+//!   [`live`]: the frames it publishes to Redis for the gateways first.
 //! - [`config`]: typed settings from flags and environment.
 //!
 //! [`Application::build`] wires it together; [`Application::run_until_stopped`]
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod credentials;
 pub mod grpc;
+pub mod live;
 pub mod lookup;
 pub mod relay;
 pub mod store;
@@ -83,17 +85,26 @@ impl Application {
             chrono::Duration::seconds(config.reset_token_ttl_secs.clamp(60, 1800)),
         ));
         let relay = if config.relay {
-            Some(Relay::new(
-                pool,
-                RelayConfig {
-                    brokers: config.kafka.kafka_brokers.clone(),
-                    topic: config.kafka.events_topic.clone(),
-                    batch_size: config.relay_batch_size.max(1),
-                    poll_interval: Duration::from_millis(config.relay_poll_ms.max(10)),
-                    linger_ms: config.relay_linger_ms,
-                    extra: config.relay_kafka_pairs().map_err(anyhow::Error::msg)?,
-                },
-            )?)
+            Some(
+                Relay::new(
+                    pool,
+                    RelayConfig {
+                        brokers: config.kafka.kafka_brokers.clone(),
+                        topic: config.kafka.events_topic.clone(),
+                        batch_size: config.relay_batch_size.max(1),
+                        poll_interval: Duration::from_millis(config.relay_poll_ms.max(10)),
+                        linger_ms: config.relay_linger_ms,
+                        headers: config.relay_headers,
+                        extra: config.relay_kafka_pairs().map_err(anyhow::Error::msg)?,
+                    },
+                )?
+                .with_wake(commands.relay_wake())
+                .with_live(live::LivePublisher::new(
+                    infra::redis::connect(&config.redis.redis_url).await?,
+                    config.redis.redis_prefix.clone(),
+                    Duration::from_millis(config.relay_live_retry_ms),
+                )),
+            )
         } else {
             None
         };

@@ -4,21 +4,36 @@
 //! One relay leads at a time (a session advisory lock held on a dedicated
 //! connection); others wait to take over. Each round:
 //!
-//! 1. `assign`: in one transaction, under the `relay_state` row lock, give
-//!    the next positions to committed events that have none, in insertion
-//!    order (which within a stream is sequence order). Because only this
-//!    transaction allocates positions and it commits before the next round,
-//!    positions become visible in order with no hole.
+//! 1. `assign`: in one statement (its own transaction), under the
+//!    `relay_state` row lock, give the next positions to committed events
+//!    that have none, in insertion order (which within a stream is sequence
+//!    order). Because only this statement allocates positions and it
+//!    commits before the next round, positions become visible in order with
+//!    no hole. A round that finds nothing writes nothing.
 //! 2. `publish`: produce them (`acks=all`, one request in flight per
 //!    broker so retries cannot reorder), key = aggregate id, value = the
 //!    envelope, and wait for every delivery.
 //! 3. `mark_published`: record the highest position delivered.
 //!
 //! A crash between 2 and 3 republishes that batch on restart (`pending`):
-//! duplicates are possible, loss is not. The relay sleeps on LISTEN
-//! `events_appended` (NOTIFY fires at commit), so an event reaches Kafka
-//! within milliseconds; a slow poll is only a safety net.
+//! duplicates are possible, loss is not.
+//!
+//! # Waking
+//!
+//! Between rounds the relay sleeps on a [`RelayWake`]. Appends of this
+//! process signal it in memory right after their commit; appends of other
+//! processes (a command-service without a leading relay) send
+//! `NOTIFY events_appended` after theirs, which a listener task turns into
+//! the same signal. Signals coalesce: however many commits happened during
+//! a round, one more round follows. A slow poll is only a safety net.
+//!
+//! (Until migration `20261203000002` a statement trigger sent the NOTIFY
+//! inside every append's transaction. PostgreSQL serializes notifying
+//! commits under one database-wide lock held through the commit's WAL
+//! flush, so appends of different conversations could not share a flush.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use infra::postgres::EventRow;
@@ -30,6 +45,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+
+use crate::live::LivePublisher;
 
 /// Advisory lock key of the relay leader ("msgrelay").
 const LEADER_LOCK: i64 = 0x6d73_6772_656c_6179;
@@ -47,6 +64,8 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// librdkafka `linger.ms`: how long the producer waits to batch.
     pub linger_ms: u32,
+    /// Copy envelope fields into record headers (`COMMAND_SERVICE_RELAY_HEADERS`).
+    pub headers: bool,
     /// Extra librdkafka producer properties (`key=value`), applied last.
     pub extra: Vec<(String, String)>,
 }
@@ -59,6 +78,43 @@ pub enum RelayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("bad stored row: {0}")]
     Row(String),
+}
+
+/// The signal between appends and the relay (see the module docs).
+#[derive(Debug, Default)]
+pub struct RelayWake {
+    notify: tokio::sync::Notify,
+    /// Whether this process's relay leads, i.e. whether an in-memory
+    /// signal reaches the relay that will publish the append.
+    local_leader: AtomicBool,
+}
+
+/// The channel other processes' appends notify.
+pub const APPENDED_CHANNEL: &str = "events_appended";
+
+impl RelayWake {
+    /// Called by the event store after each committed append.
+    pub async fn appended(&self, pool: &PgPool) {
+        if self.local_leader.load(Ordering::Acquire) {
+            self.notify.notify_one();
+            return;
+        }
+        // Autocommit and outside the append's transaction: it takes no
+        // transaction id, so no WAL flush happens under the notify lock.
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(APPENDED_CHANNEL)
+            .execute(pool)
+            .await
+        {
+            // The relay's poll picks the events up regardless.
+            tracing::warn!(error = %e, "could not notify the relay");
+        }
+    }
+
+    /// Wakes the relay (a notification from another process).
+    fn wake(&self) {
+        self.notify.notify_one();
+    }
 }
 
 /// One event ready to publish.
@@ -97,6 +153,8 @@ pub struct Relay {
     pool: PgPool,
     producer: FutureProducer,
     config: RelayConfig,
+    wake: Arc<RelayWake>,
+    live: Option<LivePublisher>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -134,37 +192,51 @@ impl Relay {
             pool,
             producer,
             config,
+            wake: Arc::new(RelayWake::default()),
+            live: None,
         })
     }
 
+    /// Publishes each round's frames to Redis before producing it (the
+    /// live path, [`crate::live`]).
+    pub fn with_live(mut self, live: LivePublisher) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Shares `wake` with the event store of this process, so its appends
+    /// wake this relay in memory while it leads.
+    pub fn with_wake(mut self, wake: Arc<RelayWake>) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// Step 1: positions for up to `batch_size` committed, unpositioned events.
+    ///
+    /// One autocommit statement: the `relay_state` row is locked (by `st`)
+    /// only when there is something to number, and bumped by as many as
+    /// were numbered; an empty round only reads.
     pub async fn assign(&self) -> Result<Vec<OutboxEvent>, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        let last: i64 = sqlx::query_scalar("SELECT last_position FROM relay_state FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
         let rows: Vec<EventRow> = sqlx::query_as(
-            "WITH todo AS ( \
-                 SELECT id, $1::bigint + row_number() OVER (ORDER BY id) AS pos \
-                 FROM (SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $2) t \
+            "WITH st AS (SELECT last_position FROM relay_state FOR UPDATE), \
+             todo AS ( \
+                 SELECT id, (SELECT last_position FROM st) + row_number() OVER (ORDER BY id) AS pos \
+                 FROM (SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $1) t \
+             ), \
+             numbered AS ( \
+                 UPDATE events e SET position = todo.pos FROM todo WHERE e.id = todo.id \
+                 RETURNING e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+                           e.event_version, e.payload::text AS payload, e.metadata::text AS metadata \
+             ), \
+             bumped AS ( \
+                 UPDATE relay_state SET last_position = last_position + (SELECT count(*) FROM numbered) \
+                 WHERE EXISTS (SELECT 1 FROM numbered) \
              ) \
-             UPDATE events e SET position = todo.pos FROM todo WHERE e.id = todo.id \
-             RETURNING e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
-                       e.event_version, e.payload::text AS payload, e.metadata::text AS metadata",
+             SELECT * FROM numbered",
         )
-        .bind(last)
         .bind(self.config.batch_size)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        sqlx::query("UPDATE relay_state SET last_position = $1")
-            .bind(last + rows.len() as i64)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         let mut out = rows.iter().map(to_outbox).collect::<Result<Vec<_>, _>>()?;
         out.sort_by_key(|e| e.position);
         Ok(out)
@@ -189,35 +261,18 @@ impl Relay {
     pub async fn publish(&self, events: &[OutboxEvent]) -> Result<(), RelayError> {
         let mut deliveries = Vec::with_capacity(events.len());
         for e in events {
-            let position = e.position.to_string();
-            let sequence = e.sequence.to_string();
-            let headers = OwnedHeaders::new_with_capacity(5)
-                .insert(Header {
-                    key: "event_type",
-                    value: Some(e.event_type.as_str()),
-                })
-                .insert(Header {
-                    key: "event_version",
-                    value: Some(e.event_version.as_str()),
-                })
-                .insert(Header {
-                    key: "aggregate_type",
-                    value: Some(e.aggregate_type.as_str()),
-                })
-                .insert(Header {
-                    key: "sequence",
-                    value: Some(sequence.as_str()),
-                })
-                .insert(Header {
-                    key: "position",
-                    value: Some(position.as_str()),
-                });
             let record = FutureRecord::to(&self.config.topic)
                 .key(e.aggregate_id.as_str())
-                .payload(e.value.as_str())
-                .headers(headers);
-            // send_result enqueues without waiting; ordering per partition is
-            // kept by the idempotent producer.
+                .payload(e.value.as_str());
+            let position = e.position.to_string();
+            let sequence = e.sequence.to_string();
+            let record = if self.config.headers {
+                record.headers(Self::headers(e, &sequence, &position))
+            } else {
+                record
+            };
+            // send_result enqueues without waiting; with one request in
+            // flight, a partition's records stay in order.
             match self.producer.send_result(record) {
                 Ok(d) => deliveries.push(d),
                 Err((err, _)) => return Err(err.into()),
@@ -233,6 +288,31 @@ impl Relay {
         Ok(())
     }
 
+    /// The record headers of `e` (schemas/README.md).
+    fn headers(e: &OutboxEvent, sequence: &str, position: &str) -> OwnedHeaders {
+        OwnedHeaders::new_with_capacity(5)
+            .insert(Header {
+                key: "event_type",
+                value: Some(e.event_type.as_str()),
+            })
+            .insert(Header {
+                key: "event_version",
+                value: Some(e.event_version.as_str()),
+            })
+            .insert(Header {
+                key: "aggregate_type",
+                value: Some(e.aggregate_type.as_str()),
+            })
+            .insert(Header {
+                key: "sequence",
+                value: Some(sequence),
+            })
+            .insert(Header {
+                key: "position",
+                value: Some(position),
+            })
+    }
+
     /// Step 3: remember that everything up to `position` is on Kafka.
     pub async fn mark_published(&self, position: i64) -> Result<(), RelayError> {
         sqlx::query("UPDATE relay_state SET published_position = GREATEST(published_position, $1)")
@@ -244,6 +324,9 @@ impl Relay {
 
     async fn round(&self, events: &[OutboxEvent]) -> Result<(), RelayError> {
         if let Some(last) = events.last() {
+            if let Some(live) = &self.live {
+                live.publish(events).await;
+            }
             self.publish(events).await?;
             self.mark_published(last.position).await?;
             tracing::debug!(count = events.len(), position = last.position, "published");
@@ -268,7 +351,29 @@ impl Relay {
         }
         tracing::info!(topic = %self.config.topic, "relay leading");
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen("events_appended").await?;
+        listener.listen(APPENDED_CHANNEL).await?;
+        let listening = {
+            let wake = self.wake.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.triggered() => break,
+                        n = listener.recv() => match n {
+                            Ok(_) => wake.wake(),
+                            Err(e) => {
+                                // PgListener reconnects on the next recv;
+                                // the poll covers what the gap misses.
+                                tracing::warn!(error = %e, "relay listener error");
+                                wake.wake();
+                                let _ = shutdown.sleep(Duration::from_millis(200)).await;
+                            }
+                        },
+                    }
+                }
+            })
+        };
+        self.wake.local_leader.store(true, Ordering::Release);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         // After start and after any failure, first republish what was
         // positioned but not confirmed; otherwise only assign new work.
@@ -300,11 +405,7 @@ impl Relay {
                     backoff.reset();
                     tokio::select! {
                         () = shutdown.triggered() => {}
-                        n = listener.try_recv() => {
-                            if let Err(e) = n {
-                                tracing::warn!(error = %e, "relay listener error");
-                            }
-                        }
+                        () = self.wake.notify.notified() => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                     }
                 }
@@ -315,6 +416,8 @@ impl Relay {
                 }
             }
         }
+        self.wake.local_leader.store(false, Ordering::Release);
+        listening.abort();
         let _ = self.producer.flush(Duration::from_secs(5));
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(LEADER_LOCK)

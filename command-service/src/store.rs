@@ -34,6 +34,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::relay::RelayWake;
+
 /// Who and what caused a command; becomes the events' envelope metadata.
 #[derive(Debug, Clone)]
 pub struct CommandMeta {
@@ -170,6 +172,7 @@ pub struct LoadStats {
 /// Typed access to one aggregate type's streams.
 pub struct Repository<A: Aggregate> {
     pool: PgPool,
+    wake: Arc<RelayWake>,
     cache: Cache<A>,
     snapshot_every: i64,
     max_attempts: u32,
@@ -212,9 +215,10 @@ where
     A::Event: EventTypes + Clone,
     A::Command: Clone,
 {
-    pub fn new(pool: PgPool, tuning: StoreTuning) -> Self {
+    pub fn new(pool: PgPool, tuning: StoreTuning, wake: Arc<RelayWake>) -> Self {
         Self {
             pool,
+            wake,
             cache: Cache {
                 slots: std::sync::Mutex::new(HashMap::new()),
                 capacity: tuning.cache_capacity.max(1),
@@ -300,7 +304,7 @@ where
     /// Handles `command` on stream `id` and appends its events, retrying on
     /// optimistic-concurrency conflicts. `side` writes side tables inside the
     /// same transaction.
-    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(aggregate_type = A::TYPE, aggregate_id = id))]
     pub async fn execute(
         &self,
         id: &str,
@@ -431,6 +435,7 @@ where
             .await?;
         }
         tx.commit().await?;
+        self.wake.appended(&self.pool).await;
         Ok(())
     }
 }

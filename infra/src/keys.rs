@@ -1,17 +1,21 @@
-//! Redis key and channel layout shared by the projector (writer), the
-//! query-service (cache reader) and the gateway (pub/sub subscriber).
+//! Redis key and channel layout shared by the relay and the projector
+//! (writers), query-service (cache reader, read fence) and the gateway
+//! (pub/sub subscriber).
 //! Every key starts with a configurable prefix (`MESSENGER_REDIS_PREFIX`,
 //! default `msg`) so tests and tenants never collide.
 //!
 //! # Pub/sub
 //!
-//! - `{p}:conv:{conversation_id}`: every projected event of the conversation,
-//!   published by the projector after its read-model transaction commits.
+//! - `{p}:conv:{conversation_id}`: every event of the conversation,
+//!   published by command-service's relay once the event is durable and
+//!   positioned, before the projector applies it (ADR 0006; the routes are
+//!   `domain::frame::LiveRoute`).
 //!   Payload: API.md's WebSocket event frame
 //!   `{"type":"event","cursor","event":{...}}`, ready to forward as is.
 //! - `{p}:user:{user_id}`: membership changes concerning that user
-//!   (ConversationCreated and MemberAdded naming them, MemberRemoved of them),
-//!   same payload, so a gateway can subscribe or unsubscribe the user's
+//!   (ConversationCreated and MemberAdded naming them, MemberRemoved of them)
+//!   and their own read markers, same payload, published by the projector
+//!   after its commit, so a gateway can subscribe or unsubscribe the user's
 //!   sockets to the conversation channel before forwarding.
 //! - Gateways also relay ephemeral typing notices on the conversation
 //!   channel: `{"type":"typing","conversation_id","user_id"}` (never
@@ -55,6 +59,26 @@ pub fn generation(prefix: &str, scope: &str, id: &str) -> String {
 pub fn cached(prefix: &str, scope: &str, id: &str, what: &str, generation: i64) -> String {
     format!("{prefix}:cache:{scope}:{id}:{what}:g{generation}")
 }
+
+/// The read fence of a conversation, written by the live path: the
+/// highest sequence of the conversation whose frame was published (set by
+/// the relay *before* the frame's `PUBLISH`, with a day's TTL). A read of
+/// the conversation waits until [`projected_head`] reaches it, so a client
+/// that got a frame and then reads history sees the event.
+pub fn live_head(prefix: &str, conversation_id: &str) -> String {
+    format!("{prefix}:live:conv:{conversation_id}")
+}
+
+/// The other half of the read fence: the highest sequence of the
+/// conversation in the read models (set by the projector after its
+/// transaction commits and after the generation `INCR`s, with a day's TTL).
+pub fn projected_head(prefix: &str, conversation_id: &str) -> String {
+    format!("{prefix}:projected:conv:{conversation_id}")
+}
+
+/// TTL of [`live_head`] and [`projected_head`]: a conversation quiet for
+/// longer needs no fence (a missing live head means nothing to wait for).
+pub const HEAD_TTL_SECS: i64 = 86_400;
 
 /// Presence of a user (maintained by gateways; read by the notifier):
 /// exists ⇒ online. A set of the user's open WebSockets

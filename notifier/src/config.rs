@@ -45,8 +45,10 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_GROUP_ID", default_value = "notifier")]
     pub group_id: String,
     /// Consumer `fetch.wait.max.ms` (see the projector's setting: tansu
-    /// holds every fetch this long).
-    #[arg(long, env = "NOTIFIER_FETCH_WAIT_MS", default_value_t = 10)]
+    /// holds every fetch this long). Notifications are for users who are
+    /// away: a fraction of a second more costs them nothing, and each idle
+    /// poll costs the broker.
+    #[arg(long, env = "NOTIFIER_FETCH_WAIT_MS", default_value_t = 250)]
     pub fetch_wait_ms: u32,
     /// Extra librdkafka properties (`key=value`, comma-separated).
     #[arg(

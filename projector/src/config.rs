@@ -33,9 +33,11 @@ pub struct Config {
     /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch
     /// with no new record. Kafka answers as soon as a record arrives, so
     /// there this only bounds idle polling; tansu holds every fetch for this
-    /// long, so on the dev stack it adds directly to commit-to-pub/sub
-    /// latency. Hence a small default.
-    #[arg(long, env = "PROJECTOR_FETCH_WAIT_MS", default_value_t = 10)]
+    /// long, so on the dev stack it is the projector's lag behind the live
+    /// frames (which no longer wait for it, ADR 0006): what a read right
+    /// after a frame may wait at the read fence. Each poll costs tansu one
+    /// SQL round per partition, idle or not.
+    #[arg(long, env = "PROJECTOR_FETCH_WAIT_MS", default_value_t = 50)]
     pub fetch_wait_ms: u32,
     /// Extra librdkafka properties (`key=value`, comma-separated in the env
     /// var) for the consumer and the dead-letter producer, applied last:

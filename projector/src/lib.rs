@@ -1,10 +1,11 @@
-//! projector: Kafka to read models, caches and live fan-out; rebuild from
+//! projector: Kafka to read models and cache invalidation; rebuild from
 //! the first event.
 //!
 //! The projector consumes the event topic in a consumer group, applies each
 //! event to Postgres read models exactly once, and after each commit bumps
-//! the cache generations and publishes the projected events on Redis for
-//! the gateways. Records it cannot decode go to a dead-letter topic.
+//! the cache generations and marks each conversation's projected head (the
+//! read fence of the live path, which command-service's relay publishes:
+//! ADR 0006). Records it cannot decode go to a dead-letter topic.
 //! `projector rebuild` recreates projections from the event store.
 //!
 //! # Layout (a code tour, in the order an event travels)
@@ -23,8 +24,8 @@
 //!   framework analysts extend (docs/projections.md).
 //! - [`projections`]: the projections shipped: `core` (the read model of
 //!   query-service) and `messages_per_user_day` (the analyst's example).
-//! - [`fanout`]: after commit, `INCR` cache generations then `PUBLISH` the
-//!   API.md event frames (`infra::keys` layout).
+//! - [`fanout`]: after commit, `INCR` cache generations then `SET` the
+//!   projected heads (`infra::keys` layout).
 //! - [`store`]: reading the event store (gap repair, rebuild).
 //! - [`rebuild`]: reset and replay by global position, with a progress bar,
 //!   and why the store rather than Kafka offset 0.

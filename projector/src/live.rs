@@ -1,4 +1,5 @@
-//! The live loop: Kafka records to read models, then Redis.
+//! The live loop: Kafka records to read models, then Redis (caches and
+//! the read fence; the live frames are the relay's, ADR 0006).
 //!
 //! One round:
 //!
@@ -12,7 +13,7 @@
 //!    (poison included) are stored in the same transaction
 //!    ([`offsets`](crate::offsets)); commit. Failures roll back and retry
 //!    the same batch with backoff; nothing is skipped;
-//! 4. run the Redis plan (generations, then publishes; see
+//! 4. run the Redis plan (generations, then projected heads; see
 //!    [`fanout`](crate::fanout)).
 //!
 //! Offsets live in PostgreSQL, not in the broker: a batch's effects and
@@ -52,7 +53,9 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Read-model transactions committed.
     pub batches: AtomicU64,
-    /// Frames published on Redis.
+    /// Conversation heads marked projected on Redis (the read fence).
+    pub marked: AtomicU64,
+    /// Frames published on users' own channels.
     pub published: AtomicU64,
 }
 
@@ -65,6 +68,7 @@ pub struct StatsSnapshot {
     pub repaired: u64,
     pub dead_lettered: u64,
     pub batches: u64,
+    pub marked: u64,
     pub published: u64,
 }
 
@@ -78,6 +82,7 @@ impl Stats {
             repaired: get(&self.repaired),
             dead_lettered: get(&self.dead_lettered),
             batches: get(&self.batches),
+            marked: get(&self.marked),
             published: get(&self.published),
         }
     }
@@ -137,7 +142,7 @@ impl LiveLoop {
         tracing::info!(stats = ?self.stats.snapshot(), "live projector stopped");
     }
 
-    #[tracing::instrument(skip_all, fields(records = batch.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(records = batch.len()))]
     async fn process(&self, batch: &[OwnedMessage], shutdown: &Shutdown) -> Step<()> {
         Stats::add(&self.stats.records, batch.len() as u64);
         let mut events: Vec<DecodedEvent> = Vec::with_capacity(batch.len());
@@ -192,9 +197,13 @@ impl LiveLoop {
         Stats::add(&self.stats.repaired, outcome.repaired);
         Stats::add(&self.stats.batches, 1);
         match self.fanout.execute(&plan).await {
-            Ok(()) => Stats::add(&self.stats.published, plan.messages.len() as u64),
+            Ok(()) => {
+                Stats::add(&self.stats.marked, plan.heads.len() as u64);
+                Stats::add(&self.stats.published, plan.messages.len() as u64);
+            }
             Err(e) => tracing::error!(
                 error = %e,
+                heads = plan.heads.len(),
                 frames = plan.messages.len(),
                 generations = plan.generations.len(),
                 "redis fan-out abandoned after retries; caches heal by TTL, clients by resuming"

@@ -8,6 +8,25 @@
 //! the generation after each commit, so a value computed from an older
 //! database state is filed under a generation nobody asks for any more.
 //!
+//! # The read fence (ADR 0006)
+//!
+//! Live frames are published by command-service's relay as soon as events
+//! are positioned, before the projector has applied them. So that a client
+//! that received a frame and then reads the conversation sees the event,
+//! [`Cache::generation`] of scope `conv` reads the generation together
+//! with the conversation's live head (`{p}:live:conv:{id}`, set by the
+//! relay before it publishes) and projected head (`{p}:projected:conv:{id}`,
+//! set by the projector after its commit and its `INCR`s), in one pipeline.
+//! While the projected head is behind the live head seen first, it polls
+//! every [`FENCE_POLL`], for at most the configured fence
+//! (`QUERY_SERVICE_READ_FENCE_MS`); the generation it returns is the one
+//! read with the head that satisfied it, so the cached values it leads to
+//! were filed after the projector's commit. A fence that times out (the
+//! projector stopped or stalled) fails the read with [`ProjectionBehind`]
+//! (UNAVAILABLE, 503 at the gateway: retry), and is counted: answering
+//! from read models that miss a frame the client already has would break
+//! the contract.
+//!
 //! The cache is an optimisation, never a dependency: when Redis is down,
 //! slow or answers garbage, every method degrades to "no generation" / "miss"
 //! / "not stored" and the caller reads PostgreSQL. A disconnected client is
@@ -16,7 +35,7 @@
 //! degraded state is logged once each, not per request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fred::prelude::{ClientLike, Expiration, KeysInterface, Pool};
@@ -57,6 +76,10 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     /// Lookups that went to PostgreSQL (including while Redis was down).
     pub misses: AtomicU64,
+    /// Reads that waited for the projector (read fence).
+    pub fence_waits: AtomicU64,
+    /// Reads whose fence timed out.
+    pub fence_timeouts: AtomicU64,
 }
 
 /// Snapshot of [`CacheStats`].
@@ -64,7 +87,18 @@ pub struct CacheStats {
 pub struct CacheCounts {
     pub hits: u64,
     pub misses: u64,
+    pub fence_waits: u64,
+    pub fence_timeouts: u64,
 }
+
+/// A read of a conversation whose projection did not reach the frames
+/// already sent live within the read fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the read models are behind the live events; retry")]
+pub struct ProjectionBehind;
+
+/// How often a fenced read polls the projected head.
+pub const FENCE_POLL: Duration = Duration::from_millis(2);
 
 /// The connection and settings; absent when the cache is disabled.
 #[derive(Debug)]
@@ -77,6 +111,8 @@ struct Redis {
     ttl_secs: i64,
     /// Whether the last command failed; flips are logged once each.
     degraded: AtomicBool,
+    /// Longest wait of a read for the projector (zero: no fence).
+    fence: Duration,
 }
 
 /// Read-through cache over Redis; cheap to share behind an `Arc`.
@@ -122,16 +158,29 @@ impl Cache {
                 prefix: prefix.to_owned(),
                 ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
                 degraded: AtomicBool::new(false),
+                fence: Duration::from_secs(1),
             }),
             stats: CacheStats::default(),
         })
     }
 
-    /// Hit and miss counts so far.
+    /// Sets the longest wait of a conversation read for the projector (the
+    /// read fence; zero turns it off). One second unless set.
+    pub fn with_read_fence(mut self, fence: Duration) -> Self {
+        if let Some(r) = &mut self.redis {
+            r.fence = fence;
+        }
+        self
+    }
+
+    /// Hit, miss and fence counts so far.
     pub fn counts(&self) -> CacheCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CacheCounts {
-            hits: self.stats.hits.load(Ordering::Relaxed),
-            misses: self.stats.misses.load(Ordering::Relaxed),
+            hits: get(&self.stats.hits),
+            misses: get(&self.stats.misses),
+            fence_waits: get(&self.stats.fence_waits),
+            fence_timeouts: get(&self.stats.fence_timeouts),
         }
     }
 
@@ -170,23 +219,95 @@ impl Cache {
     }
 
     /// The current generation of `scope`/`id`, or `None` when Redis cannot
-    /// answer (the caller then neither reads nor writes the cache).
-    pub async fn generation(&self, scope: Scope, id: &str) -> Option<Generation> {
-        let r = self.live()?;
+    /// answer (the caller then neither reads nor writes the cache). For a
+    /// conversation, first waits for the read fence (module docs).
+    pub async fn generation(
+        &self,
+        scope: Scope,
+        id: &str,
+    ) -> Result<Option<Generation>, ProjectionBehind> {
+        let Some(r) = self.live() else {
+            return Ok(None);
+        };
         let key = infra::keys::generation(&r.prefix, scope.as_str(), id);
-        match r.pool.get::<Option<i64>, _>(key).await {
-            Ok(v) => {
+        let value = if scope == Scope::Conv && !r.fence.is_zero() {
+            self.fenced(r, key, id).await
+        } else {
+            r.pool
+                .get::<Option<i64>, _>(key)
+                .await
+                .map(|v| Some(v.unwrap_or(0)))
+        };
+        match value {
+            Ok(Some(value)) => {
                 r.ok();
-                Some(Generation {
+                Ok(Some(Generation {
                     scope,
                     id: id.to_owned(),
-                    value: v.unwrap_or(0),
-                })
+                    value,
+                }))
+            }
+            Ok(None) => {
+                r.ok();
+                Err(ProjectionBehind)
             }
             Err(e) => {
                 r.failed(&e);
-                None
+                Ok(None)
             }
+        }
+    }
+
+    /// The conversation's generation once its projected head has reached
+    /// the live head seen by the first read; `None` if the fence timed out.
+    async fn fenced(
+        &self,
+        r: &Redis,
+        generation_key: String,
+        conversation: &str,
+    ) -> Result<Option<i64>, fred::error::Error> {
+        // The generation last: the projector sets its head after its
+        // `INCR`s, so a head seen here implies the new generation below.
+        let keys = vec![
+            infra::keys::live_head(&r.prefix, conversation),
+            infra::keys::projected_head(&r.prefix, conversation),
+            generation_key,
+        ];
+        let mut target = None;
+        let mut deadline = None;
+        loop {
+            // A pipeline, not MGET: each key is routed on its own, so this
+            // also holds on a Redis Cluster.
+            let pipeline = r.pool.next_connected().pipeline();
+            for key in &keys {
+                let () = pipeline.get(key.as_str()).await?;
+            }
+            let (live, projected, generation): (Option<i64>, Option<i64>, Option<i64>) =
+                pipeline.all().await?;
+            let (generation, live, projected) = (
+                generation.unwrap_or(0),
+                live.unwrap_or(0),
+                projected.unwrap_or(0),
+            );
+            let target = *target.get_or_insert(live);
+            if projected >= target {
+                return Ok(Some(generation));
+            }
+            let deadline = *deadline.get_or_insert_with(|| {
+                self.stats.fence_waits.fetch_add(1, Ordering::Relaxed);
+                Instant::now() + r.fence
+            });
+            if Instant::now() >= deadline {
+                self.stats.fence_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    conversation,
+                    live = target,
+                    projected,
+                    "read fence timed out"
+                );
+                return Ok(None);
+            }
+            tokio::time::sleep(FENCE_POLL).await;
         }
     }
 

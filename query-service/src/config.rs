@@ -52,6 +52,11 @@ pub struct Config {
     /// milliseconds.
     #[arg(long, env = "QUERY_SERVICE_REDIS_TIMEOUT_MS", default_value_t = 200)]
     pub redis_timeout_ms: u64,
+    /// Longest wait of a conversation read for the projector to reach the
+    /// frames already sent live (the read fence, ADR 0006), milliseconds;
+    /// 0 turns the fence off.
+    #[arg(long, env = "QUERY_SERVICE_READ_FENCE_MS", default_value_t = 1000)]
+    pub read_fence_ms: u64,
     /// Redis connections (each pipelines many requests).
     #[arg(long, env = "QUERY_SERVICE_REDIS_POOL", default_value_t = 2)]
     pub redis_pool: usize,

@@ -44,6 +44,7 @@ impl From<QueryError> for Status {
                 tracing::error!(error = %what, "read failed on stored data");
                 status(Code::Internal, "internal", "internal error", None)
             }
+            QueryError::Behind(_) => status(Code::Unavailable, "projection_behind", msg, None),
         }
     }
 }

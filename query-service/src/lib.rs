@@ -102,6 +102,7 @@ impl Application {
                 config.redis_timeout(),
                 config.redis_pool,
             )?
+            .with_read_fence(Duration::from_millis(config.read_fence_ms))
         } else {
             Cache::disabled()
         };

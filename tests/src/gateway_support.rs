@@ -137,18 +137,14 @@ impl Platform {
         crate::projector_support::init_logging();
         let commands = CommandService::start(CommandServiceOptions {
             relay: true,
+            redis_prefix: None,
             extra_args: opts.command_args.clone(),
         })
         .await?;
-        let prefix = crate::query_support::unique_prefix();
-        let projector = RunningProjector::start(
-            &commands,
-            ProjectorOptions {
-                redis_prefix: Some(prefix.clone()),
-                ..Default::default()
-            },
-        )
-        .await?;
+        // One prefix for the relay's live frames, the projector's caches
+        // and fence, query-service and the gateway.
+        let prefix = commands.redis_prefix.clone();
+        let projector = RunningProjector::start(&commands, ProjectorOptions::default()).await?;
         let queries = QueryService::start(
             &commands.database_url,
             QueryServiceOptions {

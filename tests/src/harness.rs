@@ -91,6 +91,10 @@ pub async fn fresh_topic(partitions: i32) -> anyhow::Result<String> {
 pub struct CommandServiceOptions {
     /// Run the relay inside it.
     pub relay: bool,
+    /// Redis prefix of the live frames its relay publishes; `None` = a
+    /// fresh one (the projector, query-service and gateway of a test use
+    /// the service's, [`CommandService::redis_prefix`]).
+    pub redis_prefix: Option<String>,
     /// Extra `--flag value` arguments (any of its config).
     pub extra_args: Vec<String>,
 }
@@ -99,6 +103,7 @@ impl Default for CommandServiceOptions {
     fn default() -> Self {
         Self {
             relay: true,
+            redis_prefix: None,
             extra_args: Vec::new(),
         }
     }
@@ -111,6 +116,8 @@ pub struct CommandService {
     pub database_url: String,
     pub pool: PgPool,
     pub topic: String,
+    /// The Redis prefix of its relay's live frames.
+    pub redis_prefix: String,
     pub commands: Arc<Commands>,
     running: Running,
 }
@@ -141,8 +148,16 @@ impl CommandService {
         opts: CommandServiceOptions,
     ) -> anyhow::Result<Self> {
         let pki = pki().to_string_lossy().into_owned();
+        let redis_prefix = opts
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(crate::query_support::unique_prefix);
         let mut args: Vec<String> = vec![
             "command-service".into(),
+            "--redis-url".into(),
+            crate::projector_support::redis_url().into(),
+            "--redis-prefix".into(),
+            redis_prefix.clone(),
             "--database-url".into(),
             url.clone(),
             "--kafka-brokers".into(),
@@ -172,6 +187,7 @@ impl CommandService {
             database_url: url,
             pool,
             topic,
+            redis_prefix,
             commands,
             running,
         })

@@ -908,6 +908,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
     // ---- history: every acknowledged message must be there.
     let missing_in_history = if cfg.verify_history {
         let mut in_history: HashSet<String> = HashSet::new();
+        // Deliveries no longer wait for the read models (ADR 0006): a
+        // read the projector cannot answer yet is a 503, retried here
+        // until the drain time is up, as any client would.
+        let retry_until = Instant::now() + cfg.drain;
         for (c, id) in conv_ids.iter().enumerate() {
             let token = &users[members[c][0]].token;
             let mut after = 0i64;
@@ -916,14 +920,14 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
                     "{}/v1/conversations/{id}/messages?after_seq={after}&limit=200",
                     cfg.base_url
                 );
-                let page: Value = http
-                    .get(&url)
-                    .bearer_auth(token)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
+                let response = http.get(&url).bearer_auth(token).send().await?;
+                if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && Instant::now() < retry_until
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                let page: Value = response.error_for_status()?.json().await?;
                 let msgs = page["messages"].as_array().cloned().unwrap_or_default();
                 for m in &msgs {
                     if let Some(mid) = m["message_id"].as_str() {

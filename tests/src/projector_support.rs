@@ -58,7 +58,13 @@ pub struct ProjectorOptions {
 }
 
 /// The projector's config for a test database and topic.
-pub fn config(database_url: &str, topic: &str, opts: &ProjectorOptions) -> Result<Config> {
+/// `prefix` is the Redis prefix unless `opts` names another.
+pub fn config(
+    database_url: &str,
+    topic: &str,
+    prefix: &str,
+    opts: &ProjectorOptions,
+) -> Result<Config> {
     let mut args: Vec<String> = vec![
         "projector".into(),
         "--database-url".into(),
@@ -78,7 +84,9 @@ pub fn config(database_url: &str, topic: &str, opts: &ProjectorOptions) -> Resul
         "--redis-url".into(),
         redis_url().into(),
         "--redis-prefix".into(),
-        opts.redis_prefix.clone().unwrap_or_else(|| unique("t")),
+        opts.redis_prefix
+            .clone()
+            .unwrap_or_else(|| prefix.to_owned()),
         "--redis-retry-secs".into(),
         "5".into(),
     ];
@@ -99,7 +107,13 @@ pub struct RunningProjector {
 impl RunningProjector {
     /// Starts a projector on the service's database and topic.
     pub async fn start(svc: &CommandService, opts: ProjectorOptions) -> Result<Self> {
-        Self::start_with(config(&svc.database_url, &svc.topic, &opts)?).await
+        Self::start_with(config(
+            &svc.database_url,
+            &svc.topic,
+            &svc.redis_prefix,
+            &opts,
+        )?)
+        .await
     }
 
     /// Starts a projector with a given config.
@@ -397,5 +411,44 @@ impl Subscriber {
 
     pub async fn quit(self) {
         let _ = self.client.quit().await;
+    }
+}
+
+/// A conversation's head as marked by the relay (`live`) or the projector
+/// (`projected`) for the read fence (missing = 0).
+pub async fn head(
+    client: &fred::prelude::Client,
+    prefix: &str,
+    which: &str,
+    conversation: &str,
+) -> Result<i64> {
+    let key = match which {
+        "live" => infra::keys::live_head(prefix, conversation),
+        "projected" => infra::keys::projected_head(prefix, conversation),
+        other => bail!("no head {other}"),
+    };
+    let v: Option<i64> = client.get(key).await?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Waits until the projector has marked `conversation` projected up to
+/// `seq` (after its commit and its generation `INCR`s).
+pub async fn wait_projected_head(
+    client: &fred::prelude::Client,
+    prefix: &str,
+    conversation: &str,
+    seq: i64,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let at = head(client, prefix, "projected", conversation).await?;
+        if at >= seq {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("conversation {conversation} projected up to {at}, not {seq}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -528,6 +528,7 @@ impl Positioner {
                 batch_size: 1000,
                 poll_interval: Duration::from_millis(100),
                 linger_ms: 0,
+                headers: false,
                 extra: vec![],
             },
         )?;

@@ -84,8 +84,9 @@ async fn stream_types(pool: &PgPool, aggregate_type: &str, id: &str) -> Result<V
 }
 
 /// Reads the service's topic until every stored event is there; checks
-/// per-stream order and returns the records.
-async fn all_on_kafka(svc: &CommandService) -> Result<Vec<kafka::Record>> {
+/// per-stream order, and the record headers (present and matching the
+/// value with `headers`, absent without), and returns the records.
+async fn all_on_kafka(svc: &CommandService, headers: bool) -> Result<Vec<kafka::Record>> {
     let expected = event_count(&svc.pool).await? as usize;
     let consumer = kafka::consumer(&stack().kafka_brokers, &svc.topic)?;
     let records = kafka::read_until(&consumer, Duration::from_secs(60), |r| {
@@ -114,6 +115,10 @@ async fn all_on_kafka(svc: &CommandService) -> Result<Vec<kafka::Record>> {
         let seq = r.value["sequence"].as_i64().context("sequence")?;
         let prev = last.insert(key.clone(), seq).unwrap_or(0);
         ensure!(seq == prev + 1, "stream {key:?}: {seq} after {prev}");
+        if !headers {
+            ensure!(r.headers.is_empty(), "headers are off by default");
+            continue;
+        }
         for h in [
             "event_type",
             "event_version",
@@ -131,7 +136,11 @@ async fn all_on_kafka(svc: &CommandService) -> Result<Vec<kafka::Record>> {
 
 #[tokio::test]
 async fn every_command_over_mtls_lands_in_the_store_and_on_kafka_in_order() -> Result<()> {
-    let svc = CommandService::start(CommandServiceOptions::default()).await?;
+    let svc = CommandService::start(CommandServiceOptions {
+        extra_args: vec!["--relay-headers".into(), "true".into()],
+        ..Default::default()
+    })
+    .await?;
     let mut c = svc.client().await?;
     let ann = register(&mut c, "ann").await?;
     let bob = register(&mut c, "bob").await?;
@@ -301,7 +310,7 @@ async fn every_command_over_mtls_lands_in_the_store_and_on_kafka_in_order() -> R
             .await?;
     assert_eq!(markers, 1);
 
-    let records = all_on_kafka(&svc).await?;
+    let records = all_on_kafka(&svc, true).await?;
     let types: Vec<&str> = records
         .iter()
         .filter(|r| r.key == g)
@@ -376,7 +385,7 @@ async fn concurrent_sends_into_one_conversation_have_contiguous_sequences() -> R
         stream_types(&svc.pool, "conversation", &g).await?.len(),
         1601
     );
-    let records = all_on_kafka(&svc).await?;
+    let records = all_on_kafka(&svc, false).await?;
     let on_kafka = records
         .iter()
         .filter(|r| r.key == g && r.value["event_type"] == "MessageSent")
@@ -805,6 +814,7 @@ async fn loading_a_long_conversation_replays_only_since_the_snapshot() -> Result
     let svc = CommandService::start(CommandServiceOptions {
         relay: false,
         extra_args: vec!["--snapshot-every".into(), "50".into()],
+        ..Default::default()
     })
     .await?;
     let mut c = svc.client().await?;
@@ -948,6 +958,7 @@ async fn transactions_committing_out_of_order_are_positioned_in_commit_order() -
             batch_size: 100,
             poll_interval: Duration::from_millis(100),
             linger_ms: 0,
+            headers: false,
             extra: vec![],
         },
     )?;
@@ -1006,6 +1017,7 @@ async fn relay_crash_between_publish_and_mark_loses_nothing() -> Result<()> {
         batch_size: 10,
         poll_interval: Duration::from_millis(100),
         linger_ms: 0,
+        headers: false,
         extra: vec![],
     };
     {

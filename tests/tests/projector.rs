@@ -991,14 +991,11 @@ async fn a_gap_in_a_stream_is_repaired_from_the_event_store() -> Result<()> {
     produce(&topic, &g, fourth.value.to_string().as_bytes(), &[]).await?;
 
     let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let mut sub = Subscriber::connect().await?;
-    let channel = infra::keys::conv_channel(&prefix, &g);
-    sub.subscribe(&channel).await?;
     let proj = RunningProjector::start(
         &svc,
         ProjectorOptions {
             topic: Some(topic),
-            redis_prefix: Some(prefix),
+            redis_prefix: Some(prefix.clone()),
             ..Default::default()
         },
     )
@@ -1018,28 +1015,28 @@ async fn a_gap_in_a_stream_is_repaired_from_the_event_store() -> Result<()> {
     .fetch_all(&svc.pool)
     .await?;
     assert_eq!(bodies, ["message 0", "message 1", "message 2"]);
-    // The repaired events are published too, in stream order.
-    for seq in 1..=4 {
-        let f = sub.next_matching(&channel, WAIT, |_| true).await?;
-        assert_eq!(f["event"]["seq"], seq);
-    }
+    // The repaired events count for the read fence too: the conversation
+    // is marked projected up to the 4th event (frames are the relay's).
+    let redis = support::redis().await?;
+    support::wait_projected_head(&redis, &prefix, &g, 4, WAIT).await?;
+    let _ = redis.quit().await;
     let s = proj.snapshot();
     assert_eq!(
         s.repaired, 6,
         "3 events for each of the 2 projections: {s:?}"
     );
     proj.stop().await?;
-    sub.quit().await;
     svc.stop().await
 }
 
-// ----- Redis: fan-out and cache generations -------------------------------
+// ----- Redis: live frames (the relay's), the read fence, generations -----
 
 #[tokio::test]
-async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Result<()> {
+async fn frames_are_published_once_durable_and_the_read_fence_then_holds() -> Result<()> {
     let svc = CommandService::start(CommandServiceOptions::default()).await?;
     let proj = RunningProjector::start(&svc, ProjectorOptions::default()).await?;
-    let prefix = proj.config.redis.redis_prefix.clone();
+    let prefix = svc.redis_prefix.clone();
+    assert_eq!(proj.config.redis.redis_prefix, prefix);
     let c = &svc.commands;
     let ann = register(c, "ann").await?;
     let bob = register(c, "bob").await?;
@@ -1068,22 +1065,8 @@ async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Re
         let f = sub
             .next_matching(&conv_channel, WAIT, |f| f["event"]["seq"] == sent.seq)
             .await?;
-        // Read-your-writes: the frame arrives after the commit.
-        let body: Option<String> = sqlx::query_scalar(
-            "SELECT body FROM rm_messages WHERE conversation_id = $1::uuid AND message_id = $2",
-        )
-        .bind(&g)
-        .bind(sent.message_id.0)
-        .fetch_optional(&svc.pool)
-        .await?;
-        assert_eq!(body.as_deref(), Some(format!("hello {i}").as_str()));
-        // ... and after the caches were invalidated.
-        let gen = support::generation(&redis, &prefix, "conv", &g).await?;
-        ensure!(
-            gen > last_gen,
-            "generation {gen} not bumped before the frame"
-        );
-        last_gen = gen;
+        // The frame comes once the event is durable and positioned, after
+        // the fence was raised to it.
         let position: i64 = sqlx::query_scalar(
             "SELECT position FROM events WHERE aggregate_type = 'conversation' \
              AND aggregate_id = $1 AND sequence = $2",
@@ -1092,6 +1075,30 @@ async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Re
         .bind(sent.seq)
         .fetch_one(&svc.pool)
         .await?;
+        let live = support::head(&redis, &prefix, "live", &g).await?;
+        ensure!(
+            live >= sent.seq,
+            "live head {live} below the frame's {}",
+            sent.seq
+        );
+        // Read-your-writes through the fence: once the projected head
+        // reaches the frame, the read model has it ...
+        support::wait_projected_head(&redis, &prefix, &g, sent.seq, WAIT).await?;
+        let body: Option<String> = sqlx::query_scalar(
+            "SELECT body FROM rm_messages WHERE conversation_id = $1::uuid AND message_id = $2",
+        )
+        .bind(&g)
+        .bind(sent.message_id.0)
+        .fetch_optional(&svc.pool)
+        .await?;
+        assert_eq!(body.as_deref(), Some(format!("hello {i}").as_str()));
+        // ... and the caches were invalidated.
+        let gen = support::generation(&redis, &prefix, "conv", &g).await?;
+        ensure!(
+            gen > last_gen,
+            "generation {gen} not bumped before the projected head"
+        );
+        last_gen = gen;
         assert_eq!(f["type"], "event");
         assert_eq!(f["cursor"], position.to_string());
         let e = &f["event"];
@@ -1117,7 +1124,8 @@ async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Re
         .await?;
     assert_eq!(moved["event"]["conversation_id"], g.as_str());
     assert_eq!(moved["event"]["data"]["seq"], 3);
-    proj.wait_stats(WAIT, |s| s.published >= 22).await?;
+    support::wait_projected_head(&redis, &prefix, &g, 21, WAIT).await?;
+    proj.wait_stats(WAIT, |s| s.marked >= 1).await?;
     proj.stop().await?;
     sub.quit().await;
     let _ = redis.quit().await;
@@ -1128,7 +1136,7 @@ async fn subscribers_receive_the_event_frame_after_the_read_model_has_it() -> Re
 async fn generations_are_bumped_after_member_removed_and_conversation_renamed() -> Result<()> {
     let svc = CommandService::start(CommandServiceOptions::default()).await?;
     let proj = RunningProjector::start(&svc, ProjectorOptions::default()).await?;
-    let p = proj.config.redis.redis_prefix.clone();
+    let p = svc.redis_prefix.clone();
     let c = &svc.commands;
     let ann = register(c, "ann").await?;
     let bob = register(c, "bob").await?;
@@ -1168,9 +1176,10 @@ async fn generations_are_bumped_after_member_removed_and_conversation_renamed() 
     let () = redis.set(&cached_key, "before", None, None, false).await?;
 
     c.rename(ann, &g, "after", &meta(ann)).await?;
-    // The frame is published after the INCRs (one pipeline, in order).
     sub.next_matching(&conv_channel, WAIT, |f| f["event"]["seq"] == 2)
         .await?;
+    // The projected head is set after the INCRs (one pipeline, in order).
+    support::wait_projected_head(&redis, &p, &g, 2, WAIT).await?;
     let renamed = gens(redis.clone(), p.clone(), g.clone()).await?;
     for (i, (b, r)) in base.iter().zip(&renamed).enumerate() {
         ensure!(
@@ -1195,6 +1204,7 @@ async fn generations_are_bumped_after_member_removed_and_conversation_renamed() 
         .await?;
     sub.next_matching(&conv_channel, WAIT, |f| f["event"]["seq"] == 3)
         .await?;
+    support::wait_projected_head(&redis, &p, &g, 3, WAIT).await?;
     // The removed member learns it on their own channel (to unsubscribe);
     // it is published right after the conversation's frame.
     let gone = sub
@@ -1272,7 +1282,7 @@ async fn figures_projector_throughput_and_latency() -> Result<()> {
 
     // 1. The live path without the broker.
     let opts = ProjectorOptions::default();
-    let config = support::config(&svc.database_url, &svc.topic, &opts)?;
+    let config = support::config(&svc.database_url, &svc.topic, &svc.redis_prefix, &opts)?;
     let app = projector::Application::build(&config).await?;
     let envelopes = {
         let mut conn = svc.pool.acquire().await?;

@@ -907,7 +907,7 @@ async fn a_value_read_before_a_commit_is_filed_under_the_generation_that_the_com
     ensure!(cache.wait_connected(Duration::from_secs(5)).await, "Redis");
     let generation = cache
         .generation(Scope::Conv, &g.to_string())
-        .await
+        .await?
         .context("generation")?;
     let stale = qs.reads.get_conversation(ann, &g.to_string()).await?;
     // ...meanwhile the projector commits the rename and bumps...

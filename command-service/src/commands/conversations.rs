@@ -172,7 +172,7 @@ impl Commands {
 
     // ----- messages -------------------------------------------------------
 
-    #[tracing::instrument(skip_all, fields(user_id = %actor, conversation_id = conversation))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %actor, conversation_id = conversation))]
     pub async fn send_message(
         &self,
         actor: UserId,

@@ -24,6 +24,7 @@ pub use self::accounts::ResetIssued;
 pub use self::conversations::SentMessage;
 use crate::credentials::{CredentialError, Hasher};
 use crate::lookup::PgLookup;
+use crate::relay::RelayWake;
 use crate::store::{ExecError, Repository, StoreError, StoreTuning};
 
 /// Why a command failed, at the level clients care about.
@@ -111,6 +112,7 @@ pub struct Commands {
     hasher: Hasher,
     limits: Limits,
     reset_ttl: Duration,
+    wake: Arc<RelayWake>,
 }
 
 fn conv_id(s: &str) -> Result<ConversationId, CommandError> {
@@ -126,10 +128,11 @@ impl Commands {
         reset_ttl: Duration,
     ) -> Self {
         let lookup = Arc::new(PgLookup::new(pool.clone()));
+        let wake = Arc::new(RelayWake::default());
         Self {
-            users: Repository::new(pool.clone(), tuning),
-            conversations: Repository::new(pool.clone(), tuning),
-            markers: Repository::new(pool.clone(), tuning),
+            users: Repository::new(pool.clone(), tuning, wake.clone()),
+            conversations: Repository::new(pool.clone(), tuning, wake.clone()),
+            markers: Repository::new(pool.clone(), tuning, wake.clone()),
             services: ConversationServices {
                 lookup: lookup.clone(),
                 limits,
@@ -139,10 +142,17 @@ impl Commands {
             hasher,
             limits,
             reset_ttl,
+            wake,
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// What every append of these commands signals; give it to the relay
+    /// of this process ([`crate::relay::Relay::with_wake`]).
+    pub fn relay_wake(&self) -> Arc<RelayWake> {
+        self.wake.clone()
     }
 }

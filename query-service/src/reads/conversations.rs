@@ -126,7 +126,10 @@ impl Reads {
         if cursor.is_some() {
             return self.conversations_from_db(user, limit, cursor).await;
         }
-        let generation = self.cache.generation(Scope::User, &user.to_string()).await;
+        let generation = self
+            .cache
+            .generation(Scope::User, &user.to_string())
+            .await?;
         let page = self
             .cache
             .read_through(
@@ -208,7 +211,7 @@ impl Reads {
         let generation = self
             .cache
             .generation(Scope::Conv, &conversation.to_string())
-            .await;
+            .await?;
         let pool = &self.pool;
         self.cache
             .read_through(generation.as_ref(), "details", || async move {

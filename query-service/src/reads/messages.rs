@@ -102,7 +102,7 @@ impl Reads {
     }
 
     /// A page of `conversation`'s history as `user` may see it.
-    #[tracing::instrument(skip(self), err(level = "debug"))]
+    #[tracing::instrument(level = "debug", skip(self), err(level = "debug"))]
     pub async fn list_messages(
         &self,
         user: Uuid,
@@ -136,7 +136,7 @@ impl Reads {
         let generation = self
             .cache
             .generation(Scope::Conv, &conversation.to_string())
-            .await;
+            .await?;
         let generation = generation.as_ref();
         let periods_key = format!("periods:{user}");
         let (cached_periods, cached_page) = if newest_default {

@@ -50,6 +50,10 @@ pub enum QueryError {
     /// INTERNAL: a stored row does not have the shape it must have.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// UNAVAILABLE `projection_behind`: the read models have not reached
+    /// what was already sent live (the read fence timed out); retry.
+    #[error(transparent)]
+    Behind(#[from] crate::cache::ProjectionBehind),
 }
 
 impl QueryError {

@@ -95,7 +95,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let svc = CommandService::start(CommandServiceOptions {
         relay: true,
-        extra_args: vec![],
+        ..Default::default()
     })
     .await?;
     let mut c = svc.client().await?;
