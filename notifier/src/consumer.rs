@@ -10,25 +10,27 @@
 //!   `rm_member_periods`, exact *as of the message's sequence* whatever the
 //!   projector did since), then queue one `push_deliveries` row per
 //!   subscription of every push recipient (with the message's `seq`: the
-//!   order of its lane, see [`crate::push`]) and one `digest_items` row per
-//!   email recipient, `ON CONFLICT DO NOTHING`: the dedupe records;
-//! - `ReadMarkerMoved` → drop the reader's digest items up to the marker;
+//!   order of its lane, see [`crate::push`]), `ON CONFLICT DO NOTHING`: the
+//!   dedupe records;
 //! - anything else → nothing.
+//!
+//! For email, the round upserts one `digest_pending` row per conversation
+//! with a message in it, whatever the number of recipients: the digest
+//! worker computes who gets what at digest time ([`crate::digest`]).
 //!
 //! The round's rows are committed in one transaction, the workers are
 //! woken, and only then are the consumer offsets stored (in PostgreSQL, not
-//! the broker: [`projector::offsets`], ADR 0005). A crash before that
+//! the broker: [`event_stream::offsets`], ADR 0005). A crash before that
 //! redelivers the round; its rows already exist, so nothing is queued
 //! twice.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use domain::conversation::ConversationEvent;
 use domain::decode::{AnyEvent, DecodedEvent, Decoder, Poison, PoisonReason};
-use domain::read_marker::ReadMarkerEvent;
 use event_stream::dead_letter::DeadLetter;
 use event_stream::offsets::{next_offsets, EventsConsumer};
 use fred::prelude::{Client as Redis, KeysInterface};
@@ -45,8 +47,6 @@ use crate::webpush;
 /// Most characters of a message body in a push payload (API.md: "the body
 /// may be truncated"); the whole JSON also stays below one record.
 const PUSH_BODY_CHARS: usize = 512;
-/// Most characters of a digest preview.
-const PREVIEW_CHARS: usize = 140;
 
 /// Counters, for tests, logs and the benchmark.
 #[derive(Debug, Default)]
@@ -54,7 +54,9 @@ pub struct Stats {
     pub records: AtomicU64,
     pub messages: AtomicU64,
     pub push_queued: AtomicU64,
-    pub digest_queued: AtomicU64,
+    /// Conversations marked pending for the digest worker (one per
+    /// conversation and batch, not per recipient).
+    pub digest_pending: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub pushes_sent: AtomicU64,
     pub pushes_retried: AtomicU64,
@@ -83,7 +85,6 @@ pub struct Consumer {
     pub(crate) batch_size: usize,
     pub(crate) projection_wait: Duration,
     pub(crate) push_when_online: bool,
-    pub(crate) default_delay: u32,
     pub(crate) wake_push: Arc<Notify>,
     pub(crate) wake_digest: Arc<Notify>,
     pub(crate) stats: Arc<Stats>,
@@ -222,55 +223,63 @@ impl Consumer {
         shutdown: &Shutdown,
     ) -> Result<Option<(u64, u64)>, (usize, HandleError)> {
         let mut tx = self.pool.begin().await.map_err(|e| (0, e.into()))?;
-        let (mut push, mut digest) = (0, 0);
+        let mut push = 0;
+        // (conversation, first and last sequence) with a message this round.
+        let mut pending: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
         for (index, (_, event)) in events.iter().enumerate() {
-            match &event.event {
-                AnyEvent::Conversation(ConversationEvent::MessageSent {
-                    message_id,
-                    sender_id,
-                    body,
-                    sent_at,
-                    ..
-                }) => {
-                    let msg = Sent {
-                        conversation_id: event.stream_id,
-                        seq: event.sequence(),
-                        message_id: message_id.0,
-                        sender_id: sender_id.0,
-                        body: body.as_str(),
-                        sent_at: *sent_at,
-                    };
-                    match self.wait_projected(&msg, shutdown).await {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(None),
-                        Err(e) => return Err((index, e)),
-                    }
-                    let (p, d) = self.queue(&mut tx, &msg).await.map_err(|e| (index, e))?;
-                    Stats::add(&self.stats.messages, 1);
-                    push += p;
-                    digest += d;
+            if let AnyEvent::Conversation(ConversationEvent::MessageSent {
+                message_id,
+                sender_id,
+                body,
+                ..
+            }) = &event.event
+            {
+                let msg = Sent {
+                    conversation_id: event.stream_id,
+                    seq: event.sequence(),
+                    message_id: message_id.0,
+                    sender_id: sender_id.0,
+                    body: body.as_str(),
+                };
+                match self.wait_projected(&msg, shutdown).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(None),
+                    Err(e) => return Err((index, e)),
                 }
-                AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
-                    conversation_id,
-                    user_id,
-                    seq,
-                }) => {
-                    sqlx::query(
-                        "DELETE FROM digest_items WHERE user_id = $1 AND conversation_id = $2 AND seq <= $3",
-                    )
-                    .bind(user_id.0)
-                    .bind(conversation_id.0)
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| (index, e.into()))?;
-                }
-                _ => {}
+                push += self.queue(&mut tx, &msg).await.map_err(|e| (index, e))?;
+                Stats::add(&self.stats.messages, 1);
+                let range = pending
+                    .entry(msg.conversation_id)
+                    .or_insert((msg.seq, msg.seq));
+                *range = (range.0.min(msg.seq), range.1.max(msg.seq));
             }
+        }
+        let digest = pending.len() as u64;
+        if !pending.is_empty() {
+            let mut convs = Vec::with_capacity(pending.len());
+            let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
+            for (c, (first, last)) in pending {
+                convs.push(c);
+                firsts.push(first);
+                lasts.push(last);
+            }
+            sqlx::query(
+                "INSERT INTO digest_pending (conversation_id, since_seq, last_seq) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) \
+                 ON CONFLICT (conversation_id) DO UPDATE SET \
+                   since_seq = LEAST(digest_pending.since_seq, EXCLUDED.since_seq), \
+                   last_seq = GREATEST(digest_pending.last_seq, EXCLUDED.last_seq)",
+            )
+            .bind(&convs)
+            .bind(&firsts)
+            .bind(&lasts)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| (0, e.into()))?;
         }
         tx.commit().await.map_err(|e| (0, e.into()))?;
         Stats::add(&self.stats.push_queued, push);
-        Stats::add(&self.stats.digest_queued, digest);
+        Stats::add(&self.stats.digest_pending, digest);
         Ok(Some((push, digest)))
     }
 
@@ -304,19 +313,14 @@ impl Consumer {
         }
     }
 
-    /// Queues the notifications of one message; returns (push rows, digest rows).
-    async fn queue(
-        &self,
-        conn: &mut PgConnection,
-        msg: &Sent<'_>,
-    ) -> Result<(u64, u64), HandleError> {
+    /// Queues the pushes of one message; returns how many rows.
+    async fn queue(&self, conn: &mut PgConnection, msg: &Sent<'_>) -> Result<u64, HandleError> {
         let rows = sqlx::query(
-            "SELECT p.user_id, \
-                    COALESCE(s.push, true), COALESCE(s.email, true), \
-                    COALESCE(s.email_delay_seconds, $4) \
+            "SELECT p.user_id \
              FROM rm_member_periods p \
              LEFT JOIN notification_settings s ON s.user_id = p.user_id \
-             WHERE p.conversation_id = $1 AND p.joined_seq <= $2 \
+             WHERE COALESCE(s.push, true) \
+               AND p.conversation_id = $1 AND p.joined_seq <= $2 \
                AND (p.left_seq IS NULL OR p.left_seq > $2) AND p.user_id <> $3 \
                AND NOT EXISTS (SELECT 1 FROM conversation_mutes m \
                    WHERE m.user_id = p.user_id AND m.conversation_id = p.conversation_id \
@@ -325,21 +329,11 @@ impl Consumer {
         .bind(msg.conversation_id)
         .bind(msg.seq)
         .bind(msg.sender_id)
-        .bind(self.default_delay as i32)
         .fetch_all(&mut *conn)
         .await?;
-        let mut push_users = Vec::new();
-        let mut email_users = Vec::new();
-        let mut email_delays = Vec::new();
+        let mut push_users = Vec::with_capacity(rows.len());
         for r in rows {
-            let user: Uuid = r.try_get(0)?;
-            if r.try_get::<bool, _>(1)? {
-                push_users.push(user);
-            }
-            if r.try_get::<bool, _>(2)? {
-                email_users.push(user);
-                email_delays.push(f64::from(r.try_get::<i32, _>(3)?));
-            }
+            push_users.push(r.try_get::<Uuid, _>(0)?);
         }
         if !self.push_when_online && !push_users.is_empty() {
             push_users = self.offline(push_users).await?;
@@ -383,30 +377,7 @@ impl Consumer {
                 .rows_affected();
             }
         }
-        let mut mailed = 0;
-        if !email_users.is_empty() {
-            let preview: String = msg.body.chars().take(PREVIEW_CHARS).collect();
-            mailed = sqlx::query(
-                "INSERT INTO digest_items (user_id, message_id, conversation_id, seq, sender_id, preview, sent_at, due_at) \
-                 SELECT x.u, $1, $2, $3, $4, $5, $6, $6 + make_interval(secs => x.d) \
-                 FROM UNNEST($7::uuid[], $8::float8[]) AS x(u, d) \
-                 WHERE NOT EXISTS (SELECT 1 FROM rm_read_markers r \
-                     WHERE r.user_id = x.u AND r.conversation_id = $2 AND r.seq >= $3) \
-                 ON CONFLICT (user_id, message_id) DO NOTHING",
-            )
-            .bind(msg.message_id)
-            .bind(msg.conversation_id)
-            .bind(msg.seq)
-            .bind(msg.sender_id)
-            .bind(&preview)
-            .bind(msg.sent_at)
-            .bind(&email_users)
-            .bind(&email_delays)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        }
-        Ok((pushed, mailed))
+        Ok(pushed)
     }
 
     /// The users of `users` without a presence key (no live WebSocket).
@@ -503,5 +474,4 @@ struct Sent<'a> {
     message_id: Uuid,
     sender_id: Uuid,
     body: &'a str,
-    sent_at: DateTime<Utc>,
 }

@@ -12,19 +12,21 @@
 //!    channel off (`notification_settings`). Push recipients with a live
 //!    WebSocket (presence key `infra::keys::presence` in Redis) are skipped
 //!    unless `NOTIFIER_PUSH_WHEN_ONLINE`.
-//! 2. In one transaction per batch it writes the dedupe records: a
-//!    `push_deliveries` row per (message, subscription) and a
-//!    `digest_items` row per (message, email recipient), both
-//!    `ON CONFLICT DO NOTHING`. Then it commits the Kafka offsets. A
-//!    redelivered record therefore queues nothing twice.
+//! 2. In one transaction per batch it writes the dedupe records, a
+//!    `push_deliveries` row per (message, subscription), `ON CONFLICT DO
+//!    NOTHING`, and marks each conversation with a message as
+//!    `digest_pending` (one row per conversation, not per recipient). Then
+//!    it commits the Kafka offsets. A redelivered record therefore queues
+//!    nothing twice.
 //! 3. [`push`] claims due rows per push-service origin, one at a time per
 //!    lane (subscription, conversation) in the conversation's order, encrypts
 //!    ([`webpush`]: RFC 8291 `aes128gcm`, RFC 8292 VAPID), posts with RFC
 //!    8030 `TTL`, `Urgency` and a per-conversation `Topic`, and records the
 //!    outcome (404/410 delete the subscription; 429/5xx retry with backoff
 //!    and jitter honouring `Retry-After`, then dead-letter).
-//! 4. [`digest`] mails, per user and window, every still-unread queued
-//!    message as one digest (lettre, plain text + HTML).
+//! 4. [`digest`] mails, per user and window, every message of a pending
+//!    conversation still unread and not mailed before (`digest_marks`) as
+//!    one digest (lettre, plain text + HTML), computed at digest time.
 //!
 //! Poison records go to the dead-letter topic ([`event_stream::dead_letter`]); a
 //! `MessageSent` whose conversation the projector has not reached within
@@ -184,7 +186,6 @@ impl Application {
             batch_size: config.batch_size.max(1),
             projection_wait: Duration::from_secs(config.projection_wait_secs),
             push_when_online: config.push_when_online,
-            default_delay: config.email_delay_secs,
             wake_push: wake_push.clone(),
             wake_digest: wake_digest.clone(),
             stats: stats.clone(),
@@ -229,9 +230,12 @@ impl Application {
             mailer,
             from,
             default_delay: config.email_delay_secs,
-            poll: config.poll(),
+            // Digests have a resolution of seconds: no need to look as
+            // often as the push worker (the consumer still wakes it).
+            poll: config.poll().max(Duration::from_secs(1)),
             wake: wake_digest,
             stats: stats.clone(),
+            backoff: std::sync::Mutex::default(),
         };
         let grpc =
             grpc::NotifierGrpc::new(Prefs::new(pool.clone(), config.email_delay_secs), vapid);

@@ -20,19 +20,21 @@
 //!
 //! # Order
 //!
-//! The plan is computed inside the batch's transaction (it needs the
-//! members of each touched conversation) and executed after the commit as
-//! one Redis pipeline: first every `INCR` of a generation, then every
+//! The plan is computed from the batch's events alone and executed after
+//! the commit as one Redis pipeline: first every `INCR` of a generation, then every
 //! projected head, then the user-channel frames. Redis runs a connection's
 //! commands in order, so once a reader sees the projected head or a frame
 //! it also sees the new generations: no cache filed under an old
 //! generation can be served to it.
 //!
 //! Generations (`{p}:gen:{scope}:{id}`): scope `conv` of every conversation
-//! with an event in the batch; scope `user` of every current member of
-//! those conversations (their list shows `last_seq`, the last message, the
-//! title, unread counts), of every user removed, of every reader whose
-//! marker moved, and of every user whose own stream changed (profile).
+//! with an event in the batch; scope `user` of every user who joined or
+//! was removed, of every reader whose marker moved, and of every user
+//! whose own stream changed (profile). Not of every member of a
+//! conversation with a new message: a cached conversation list carries the
+//! `conv` generations of the user's conversations and is checked against
+//! them (query-service), so a message costs one `INCR` whatever the size
+//! of its audience.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -42,7 +44,6 @@ use domain::decode::{AnyEvent, DecodedEvent};
 use domain::frame::LiveRoute;
 use domain::read_marker::ReadMarkerEvent;
 use fred::prelude::{Client, ClientLike, Expiration, KeysInterface, PubsubInterface};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use infra::retry::Backoff;
@@ -65,13 +66,8 @@ impl Plan {
     }
 }
 
-/// Computes the plan for `events` (applied by the fan-out projection) on
-/// the batch's connection, before commit.
-pub async fn plan(
-    conn: &mut PgConnection,
-    prefix: &str,
-    events: &[DecodedEvent],
-) -> Result<Plan, sqlx::Error> {
+/// Computes the plan for `events` (applied by the fan-out projection).
+pub fn plan(prefix: &str, events: &[DecodedEvent]) -> Plan {
     use infra::keys::{generation, projected_head, user_channel};
     let mut plan = Plan::default();
     let mut conversations: BTreeSet<Uuid> = BTreeSet::new();
@@ -111,16 +107,6 @@ pub async fn plan(
             }
         }
     }
-    if !conversations.is_empty() {
-        let ids: Vec<Uuid> = conversations.iter().copied().collect();
-        let members: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT DISTINCT user_id FROM rm_members WHERE conversation_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        users.extend(members);
-    }
     for c in &conversations {
         plan.generations
             .insert(generation(prefix, "conv", &c.to_string()));
@@ -129,7 +115,7 @@ pub async fn plan(
         plan.generations
             .insert(generation(prefix, "user", &u.to_string()));
     }
-    Ok(plan)
+    plan
 }
 
 /// Executes plans against Redis.

@@ -229,9 +229,9 @@ impl LiveLoop {
             .engine
             .apply(&mut tx, &self.projections, events, Some(core::NAME))
             .await?;
-        let plan = fanout::plan(&mut tx, &self.prefix, &outcome.fanout).await?;
         self.source.offsets().save(&mut tx, offsets).await?;
         tx.commit().await?;
+        let plan = fanout::plan(&self.prefix, &outcome.fanout);
         Ok((outcome, plan))
     }
 

@@ -41,6 +41,7 @@ use anyhow::Context;
 use fred::prelude::{ClientLike, Expiration, KeysInterface, Pool};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use uuid::Uuid;
 
 /// A cache scope of [`infra::keys`]: what a generation counter covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,13 @@ pub struct CacheCounts {
     pub misses: u64,
     pub fence_waits: u64,
     pub fence_timeouts: u64,
+}
+
+/// A cached value with the conversation generations it was read under.
+#[derive(Serialize, serde::Deserialize)]
+struct Dependent<T> {
+    conversations: Vec<(Uuid, i64)>,
+    value: T,
 }
 
 /// A read of a conversation whose projection did not reach the frames
@@ -381,20 +389,122 @@ impl Cache {
 
     /// Decodes a raw cached value and counts the lookup as hit or miss.
     fn decode<T: DeserializeOwned>(&self, raw: Option<String>, what: &str) -> Option<T> {
-        let found = raw.and_then(|s| match serde_json::from_str(&s) {
+        let found = Self::parse(raw, what);
+        self.count(found.is_some());
+        found
+    }
+
+    fn parse<T: DeserializeOwned>(raw: Option<String>, what: &str) -> Option<T> {
+        raw.and_then(|s| match serde_json::from_str(&s) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(error = %e, what, "undecodable cache entry ignored");
                 None
             }
-        });
-        let counter = if found.is_some() {
+        })
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit {
             &self.stats.hits
         } else {
             &self.stats.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        found
+    }
+
+    /// The current `conv` generations of `conversations`, in one pipeline
+    /// (missing = 0), unfenced; `None` when Redis cannot answer. Read them
+    /// *before* the database read of a value that depends on them, as
+    /// [`Cache::generation`].
+    pub async fn conversation_generations(
+        &self,
+        conversations: &[Uuid],
+    ) -> Option<Vec<(Uuid, i64)>> {
+        let r = self.live()?;
+        if conversations.is_empty() {
+            return Some(Vec::new());
+        }
+        let pipeline = r.pool.next_connected().pipeline();
+        let read = async {
+            for c in conversations {
+                let key = infra::keys::generation(&r.prefix, Scope::Conv.as_str(), &c.to_string());
+                let () = pipeline.get(key).await?;
+            }
+            pipeline.all::<Vec<Option<i64>>>().await
+        };
+        match read.await {
+            Ok(values) => {
+                r.ok();
+                Some(
+                    conversations
+                        .iter()
+                        .copied()
+                        .zip(values.into_iter().map(|v| v.unwrap_or(0)))
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                r.failed(&e);
+                None
+            }
+        }
+    }
+
+    /// A value cached by [`Cache::put_dependent`]: served only while every
+    /// conversation generation it was read under is still current (one
+    /// more pipeline). A value that depends on many conversations (a
+    /// user's list) is thus invalidated by their own `INCR`s, without the
+    /// projector bumping every member of a conversation on each message.
+    pub async fn get_dependent<T: DeserializeOwned>(
+        &self,
+        generation: Option<&Generation>,
+        what: &str,
+    ) -> Option<T> {
+        let raw = match (generation, self.live()) {
+            (Some(g), Some(r)) => {
+                match r.pool.get::<Option<String>, _>(Self::key(r, g, what)).await {
+                    Ok(v) => {
+                        r.ok();
+                        v
+                    }
+                    Err(e) => {
+                        r.failed(&e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some(entry) = Self::parse::<Dependent<T>>(raw, what) else {
+            self.count(false);
+            return None;
+        };
+        let ids: Vec<Uuid> = entry.conversations.iter().map(|(c, _)| *c).collect();
+        let current = self.conversation_generations(&ids).await;
+        let fresh = current.as_ref() == Some(&entry.conversations);
+        self.count(fresh);
+        fresh.then_some(entry.value)
+    }
+
+    /// Stores `value` as `what` under `generation`, valid while the
+    /// `conversations` generations (read before the database read) hold.
+    pub async fn put_dependent<T: Serialize>(
+        &self,
+        generation: Option<&Generation>,
+        what: &str,
+        conversations: Vec<(Uuid, i64)>,
+        value: &T,
+    ) {
+        self.put(
+            generation,
+            what,
+            &Dependent {
+                conversations,
+                value,
+            },
+        )
+        .await;
     }
 
     /// Stores `value` as `what` under `generation` with the configured TTL.

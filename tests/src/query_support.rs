@@ -284,7 +284,8 @@ impl ReadModel {
         .await?)
     }
 
-    /// MessageSent: history, last message, activity and unread counts.
+    /// MessageSent: history, last message and activity (lists and unread
+    /// counts are derived at read time).
     pub async fn send(&self, conversation: Uuid, sender: Uuid, body: &str) -> anyhow::Result<Sent> {
         let at = self.tick();
         let message_id = Uuid::now_v7();
@@ -308,16 +309,6 @@ impl ReadModel {
         )
         .bind(conversation)
         .bind(seq)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE rm_user_conversations SET last_activity_at = $3, \
-               unread_count = unread_count + CASE WHEN user_id = $2 THEN 0 ELSE 1 END \
-             WHERE conversation_id = $1",
-        )
-        .bind(conversation)
-        .bind(sender)
         .bind(at)
         .execute(&mut *tx)
         .await?;
@@ -397,13 +388,6 @@ impl ReadModel {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "DELETE FROM rm_user_conversations WHERE conversation_id = $1 AND user_id = $2",
-        )
-        .bind(conversation)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -433,23 +417,13 @@ impl ReadModel {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE rm_user_conversations SET read_seq = $3, unread_count = \
-               (SELECT count(*) FROM rm_messages m WHERE m.conversation_id = $1 AND m.seq > $3 \
-                  AND m.sender_id <> $2 AND NOT m.deleted) \
-             WHERE conversation_id = $1 AND user_id = $2",
-        )
-        .bind(conversation)
-        .bind(user)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-/// A user joins at `seq`: member row, open period, list entry.
+/// A user joins at `seq`: member row, open period (the list entry is
+/// derived from them).
 async fn join(
     tx: &mut sqlx::PgConnection,
     conversation: Uuid,
@@ -474,14 +448,6 @@ async fn join(
     .bind(conversation)
     .bind(user)
     .bind(seq)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO rm_user_conversations (user_id, conversation_id, last_activity_at, read_seq, unread_count) \
-         SELECT $2, $1, last_activity_at, 0, 0 FROM rm_conversations WHERE conversation_id = $1",
-    )
-    .bind(conversation)
-    .bind(user)
     .execute(&mut *tx)
     .await?;
     Ok(())

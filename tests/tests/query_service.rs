@@ -230,10 +230,16 @@ async fn the_conversation_list_pages_by_activity_with_an_opaque_cursor() -> Resu
     assert_eq!((pages, paged), (3, expected.clone()));
 
     // Ties on the activity time are broken by id, still each item once.
-    sqlx::query("UPDATE rm_user_conversations SET last_activity_at = (SELECT min(last_activity_at) FROM rm_user_conversations) WHERE user_id = $1")
-        .bind(ann)
-        .execute(&rm.pool)
-        .await?;
+    // (The list's activity is GREATEST(conversation activity, own join).)
+    sqlx::query(
+        "WITH t AS (SELECT min(last_activity_at) AS at FROM rm_user_conversations WHERE user_id = $1), \
+              c AS (UPDATE rm_conversations SET last_activity_at = (SELECT at FROM t) \
+                    WHERE conversation_id IN (SELECT conversation_id FROM rm_members WHERE user_id = $1)) \
+         UPDATE rm_members SET joined_at = (SELECT at FROM t) WHERE user_id = $1",
+    )
+    .bind(ann)
+    .execute(&rm.pool)
+    .await?;
     let mut tied = Vec::new();
     let mut cursor = None;
     loop {
@@ -795,14 +801,9 @@ async fn cached_reads_are_served_from_redis_until_the_generation_moves() -> Resu
         seqs(&messages(&mut c, ann, g, None, None, None).await?),
         [4, 2]
     );
-    // The list is per user: still the old one for ann until her bump.
-    assert_eq!(
-        list(&mut c, ann, None, None).await?.conversations[0]
-            .title
-            .as_deref(),
-        Some("before")
-    );
-    redis.bump("user", ann).await?;
+    // The cached list is checked against the generations of ann's
+    // conversations: the conversation's bump alone makes it current (the
+    // projector no longer bumps every member on every message).
     let fresh = list(&mut c, ann, None, None).await?.conversations;
     assert_eq!(fresh[0].title.as_deref(), Some("after"));
     assert_eq!(
@@ -811,6 +812,58 @@ async fn cached_reads_are_served_from_redis_until_the_generation_moves() -> Resu
             .as_ref()
             .and_then(|m| m.body.as_deref()),
         Some("second")
+    );
+    qs.stop().await
+}
+
+/// The cached list page depends on every conversation of the user, also
+/// those not on the page: a message in one of them (its `conv` bump, no
+/// bump of the members) or a new membership (the user's bump) is seen.
+#[tokio::test]
+async fn a_cached_list_follows_every_conversation_of_the_user() -> Result<()> {
+    let Setup {
+        rm,
+        qs,
+        mut c,
+        redis,
+    } = setup().await?;
+    let ann = rm.user("ann").await?;
+    let bob = rm.user("bob").await?;
+    let older = rm.group(ann, "older", &[bob]).await?;
+    let newer = rm.group(ann, "newer", &[bob]).await?;
+    let top = |page: pb::ListConversationsResponse| {
+        page.conversations
+            .iter()
+            .map(|s| s.conversation_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        top(list(&mut c, ann, Some(1), None).await?),
+        [newer.to_string()]
+    );
+    assert!(redis.cached_now("user", ann, "conversations:1").await?);
+    let hits = qs.cache_counts().hits;
+    assert_eq!(
+        top(list(&mut c, ann, Some(1), None).await?),
+        [newer.to_string()]
+    );
+    assert!(qs.cache_counts().hits > hits, "the second read is a hit");
+
+    // A message in the conversation that is not on the page moves it up.
+    rm.send(older, bob, "news").await?;
+    redis.bump("conv", older).await?;
+    assert_eq!(
+        top(list(&mut c, ann, Some(1), None).await?),
+        [older.to_string()]
+    );
+
+    // A conversation ann joins appears once her own generation moves.
+    let joined = rm.group(bob, "joined", &[]).await?;
+    rm.add_member(joined, ann, "member").await?;
+    redis.bump("user", ann).await?;
+    assert_eq!(
+        top(list(&mut c, ann, Some(1), None).await?),
+        [joined.to_string()]
     );
     qs.stop().await
 }

@@ -7,9 +7,13 @@
 //!
 //! Caching:
 //! - the first page of a user's list, per page size, as
-//!   `conversations:{limit}` in scope `user` (the projector bumps a user's
-//!   generation whenever anything shown in their list changes: activity,
-//!   unread count, title, last message, their membership);
+//!   `conversations:{limit}` in scope `user`, stored with the `conv`
+//!   generation of every conversation the user belongs to
+//!   ([`Cache::put_dependent`](crate::cache::Cache::put_dependent)): the
+//!   projector bumps a user's generation when their membership or read
+//!   marker changes, and a conversation's on each of its events (activity,
+//!   title, last message, the others' unread counts), so a message costs
+//!   one `INCR` however many members will see it;
 //! - `details` (conversation row and members) in scope `conv`. A cache hit
 //!   is authorized against the cached member list itself, which is exactly
 //!   as fresh as the rest of the value.
@@ -130,19 +134,28 @@ impl Reads {
             .cache
             .generation(Scope::User, &user.to_string())
             .await?;
-        let page = self
-            .cache
-            .read_through(
-                generation.as_ref(),
-                &format!("conversations:{limit}"),
-                || async {
-                    self.conversations_from_db(user, limit, None)
-                        .await
-                        .map(Some)
-                },
-            )
-            .await?;
-        page.ok_or_else(|| QueryError::Corrupt("read-through lost a loaded page".into()))
+        let what = format!("conversations:{limit}");
+        if let Some(page) = self.cache.get_dependent(generation.as_ref(), &what).await {
+            return Ok(page);
+        }
+        // The generations of every conversation of the user, read before
+        // the page: a message in any of them may reorder the list.
+        let conversations: Vec<Uuid> =
+            sqlx::query_scalar("SELECT conversation_id FROM rm_members WHERE user_id = $1")
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?;
+        let generations = match generation {
+            Some(_) => self.cache.conversation_generations(&conversations).await,
+            None => None,
+        };
+        let page = self.conversations_from_db(user, limit, None).await?;
+        if let Some(generations) = generations {
+            self.cache
+                .put_dependent(generation.as_ref(), &what, generations, &page)
+                .await;
+        }
+        Ok(page)
     }
 
     async fn conversations_from_db(
@@ -151,23 +164,38 @@ impl Reads {
         limit: i64,
         after: Option<ListCursor>,
     ) -> Result<ConversationPage, QueryError> {
-        // Current membership is required (rm_members), whatever the list
-        // table still holds; the last message shows only when it falls in
-        // the current membership (a late joiner does not see older ones).
+        // The list is derived here (migration 20261203000003): current
+        // members only; activity is the conversation's or the member's own
+        // join, whichever is later; the page is cut before the unread
+        // counts are taken (each a range of rm_messages' key, O(unread));
+        // the last message shows only when it falls in the current
+        // membership (a late joiner does not see older ones).
         let rows = sqlx::query(
-            "SELECT uc.conversation_id, c.kind, c.title, uc.unread_count, c.last_seq, uc.last_activity_at, \
+            "SELECT p.conversation_id, p.kind, p.title, u.unread_count, p.last_seq, p.last_activity_at, \
                     m.message_id, m.seq AS message_seq, m.sender_id, \
                     CASE WHEN m.deleted THEN NULL ELSE m.body END AS body, \
                     m.sent_at, m.edited_at, m.deleted \
-             FROM rm_user_conversations uc \
-             JOIN rm_members mb ON mb.conversation_id = uc.conversation_id AND mb.user_id = uc.user_id \
-             JOIN rm_conversations c ON c.conversation_id = uc.conversation_id \
-             LEFT JOIN rm_messages m ON m.conversation_id = c.conversation_id \
-                  AND m.seq = c.last_message_seq AND m.seq >= mb.joined_seq \
-             WHERE uc.user_id = $1 \
-               AND ($2::timestamptz IS NULL OR (uc.last_activity_at, uc.conversation_id) < ($2, $3)) \
-             ORDER BY uc.last_activity_at DESC, uc.conversation_id DESC \
-             LIMIT $4",
+             FROM ( \
+               SELECT mb.conversation_id, mb.joined_seq, c.kind, c.title, c.last_seq, c.last_message_seq, \
+                      GREATEST(c.last_activity_at, mb.joined_at) AS last_activity_at \
+               FROM rm_members mb \
+               JOIN rm_conversations c ON c.conversation_id = mb.conversation_id \
+               WHERE mb.user_id = $1 \
+                 AND ($2::timestamptz IS NULL \
+                      OR (GREATEST(c.last_activity_at, mb.joined_at), mb.conversation_id) < ($2, $3)) \
+               ORDER BY last_activity_at DESC, conversation_id DESC \
+               LIMIT $4 \
+             ) p \
+             LEFT JOIN rm_read_markers rm ON rm.conversation_id = p.conversation_id AND rm.user_id = $1 \
+             CROSS JOIN LATERAL ( \
+               SELECT count(*) AS unread_count FROM rm_messages x \
+               WHERE x.conversation_id = p.conversation_id \
+                 AND x.seq > GREATEST(COALESCE(rm.seq, 0), p.joined_seq) \
+                 AND x.sender_id <> $1 AND NOT x.deleted \
+             ) u \
+             LEFT JOIN rm_messages m ON m.conversation_id = p.conversation_id \
+                  AND m.seq = p.last_message_seq AND m.seq >= p.joined_seq \
+             ORDER BY p.last_activity_at DESC, p.conversation_id DESC",
         )
         .bind(user)
         .bind(after.map(|c| c.last_activity_at))
@@ -254,11 +282,8 @@ impl Reads {
     ) -> Result<ReadMarkerView, QueryError> {
         let conversation = parse_id("conversation_id", conversation)?;
         let row = sqlx::query(
-            "SELECT COALESCE(rm.seq, 0) AS seq, COALESCE(uc.unread_count, 0) AS unread_count \
-             FROM rm_members mb \
-             LEFT JOIN rm_read_markers rm ON rm.conversation_id = mb.conversation_id AND rm.user_id = mb.user_id \
-             LEFT JOIN rm_user_conversations uc ON uc.conversation_id = mb.conversation_id AND uc.user_id = mb.user_id \
-             WHERE mb.conversation_id = $1 AND mb.user_id = $2",
+            "SELECT read_seq AS seq, unread_count FROM rm_user_conversations \
+             WHERE conversation_id = $1 AND user_id = $2",
         )
         .bind(conversation)
         .bind(user)

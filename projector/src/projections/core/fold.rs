@@ -6,7 +6,7 @@ use domain::read_marker::ReadMarkerEvent;
 use domain::user::UserEvent;
 use uuid::Uuid;
 
-use super::rows::{ConvRow, ListRow, MemberRow, MessageRow, State, Time, UserRow};
+use super::rows::{ConvRow, MemberRow, MessageRow, State, Time, UserRow};
 use domain::decode::{AnyEvent, DecodedEvent};
 
 fn kind(k: ConversationKind) -> &'static str {
@@ -26,15 +26,11 @@ impl State {
                 user_id,
                 seq,
             }) => {
+                // Not loaded: stored with GREATEST over the stored one.
                 let key = (conversation_id.0, user_id.0);
                 match self.markers.get_mut(key) {
                     Some(m) => *m = (*m).max(*seq),
                     None => self.markers.upsert(key, *seq),
-                }
-                let list_key = (user_id.0, conversation_id.0);
-                if let Some(row) = self.lists.get_mut(list_key) {
-                    row.read_seq = row.read_seq.max(*seq);
-                    self.recount.insert(list_key);
                 }
             }
         }
@@ -81,7 +77,7 @@ impl State {
         }
     }
 
-    /// A member joins: member row, open period, list row.
+    /// A member joins: member row, open period.
     fn join(&mut self, conv: Uuid, user: Uuid, role: &str, seq: i64, at: Time, upsert: bool) {
         let member = MemberRow {
             role: role.to_owned(),
@@ -94,18 +90,6 @@ impl State {
             self.members.insert((conv, user), member);
         }
         self.periods.entry((conv, user, seq)).or_insert(None);
-        let read_seq = self.markers.get(&(conv, user)).copied().unwrap_or(0);
-        let inserted = self.lists.insert(
-            (user, conv),
-            ListRow {
-                last_activity_at: at,
-                read_seq,
-                unread_count: 0,
-            },
-        );
-        if inserted {
-            self.listed.entry(conv).or_default().insert(user);
-        }
     }
 
     fn conversation(&mut self, e: &DecodedEvent, c: &ConversationEvent) {
@@ -150,10 +134,6 @@ impl State {
                     self.periods
                         .insert((conv, user_id.0, m.joined_seq), Some(seq));
                 }
-                self.lists.remove((user_id.0, conv));
-                if let Some(users) = self.listed.get_mut(&conv) {
-                    users.remove(&user_id.0);
-                }
             }
             ConversationEvent::MemberRoleChanged { user_id, role, .. } => {
                 if let Some(m) = self.members.get_mut((conv, user_id.0)) {
@@ -189,19 +169,6 @@ impl State {
                     row.last_message_seq = Some(row.last_message_seq.unwrap_or(0).max(seq));
                     row.last_activity_at = row.last_activity_at.max(*sent_at);
                 }
-                let users: Vec<Uuid> = self
-                    .listed
-                    .get(&conv)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                for user in users {
-                    if let Some(row) = self.lists.get_mut((user, conv)) {
-                        row.last_activity_at = row.last_activity_at.max(*sent_at);
-                        if user != sender_id.0 && row.read_seq < seq {
-                            row.unread_count += 1;
-                        }
-                    }
-                }
             }
             ConversationEvent::MessageEdited {
                 message_id,
@@ -224,23 +191,6 @@ impl State {
                 }
                 m.body = None;
                 m.deleted = true;
-                let (mseq, sender) = (m.seq, m.sender_id);
-                let users: Vec<Uuid> = self
-                    .listed
-                    .get(&conv)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                for user in users {
-                    let joined = self.members.get(&(conv, user)).map(|m| m.joined_seq);
-                    if user == sender || joined.is_none_or(|j| j >= mseq) {
-                        continue;
-                    }
-                    if let Some(row) = self.lists.get_mut((user, conv)) {
-                        if row.read_seq < mseq {
-                            row.unread_count -= 1;
-                        }
-                    }
-                }
             }
         }
     }

@@ -1,14 +1,13 @@
 //! `impl State`, part 1: load every row a batch can read or change, with
 //! a handful of `= ANY($1)` queries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use domain::conversation::ConversationEvent;
-use domain::read_marker::ReadMarkerEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::rows::{ConvRow, ListRow, MemberRow, MessageRow, Rows, State, UserRow};
+use super::rows::{ConvRow, MemberRow, MessageRow, Rows, State, UserRow};
 use domain::decode::{AnyEvent, DecodedEvent};
 
 /// An `rm_users` row: key and row.
@@ -36,15 +35,6 @@ struct MemberKeyed {
     row: MemberRow,
 }
 
-/// An `rm_user_conversations` row: key and row.
-#[derive(sqlx::FromRow)]
-struct ListKeyed {
-    user_id: Uuid,
-    conversation_id: Uuid,
-    #[sqlx(flatten)]
-    row: ListRow,
-}
-
 /// An `rm_messages` row: key and row.
 #[derive(sqlx::FromRow)]
 struct MessageKeyed {
@@ -62,11 +52,8 @@ impl State {
     ) -> sqlx::Result<Self> {
         let mut users = BTreeSet::new();
         let mut convs = BTreeSet::new();
-        // Conversations whose members are read (joined_seq, role), and
-        // whose read markers are (a joining member's read_seq).
+        // Conversations whose members are read (joined_seq, role).
         let mut member_convs = BTreeSet::new();
-        let mut marker_convs = BTreeSet::new();
-        let mut listed_convs = BTreeSet::new();
         let mut sent = BTreeSet::new();
         let mut referenced = BTreeSet::new();
         for e in events {
@@ -76,7 +63,6 @@ impl State {
                 }
                 AnyEvent::Conversation(c) => {
                     convs.insert(e.stream_id);
-                    listed_convs.insert(e.stream_id);
                     match c {
                         ConversationEvent::MessageSent { message_id, .. } => {
                             sent.insert((e.stream_id, message_id.0));
@@ -86,41 +72,29 @@ impl State {
                         }
                         ConversationEvent::MessageDeleted { message_id, .. } => {
                             referenced.insert((e.stream_id, message_id.0));
-                            member_convs.insert(e.stream_id);
                         }
                         ConversationEvent::MemberRemoved { .. }
                         | ConversationEvent::MemberRoleChanged { .. } => {
                             member_convs.insert(e.stream_id);
                         }
                         ConversationEvent::ConversationCreated { .. }
-                        | ConversationEvent::MemberAdded { .. } => {
-                            marker_convs.insert(e.stream_id);
-                        }
-                        ConversationEvent::ConversationRenamed { .. } => {}
+                        | ConversationEvent::MemberAdded { .. }
+                        | ConversationEvent::ConversationRenamed { .. } => {}
                     }
                 }
-                AnyEvent::ReadMarker(ReadMarkerEvent::ReadMarkerMoved {
-                    conversation_id, ..
-                }) => {
-                    listed_convs.insert(conversation_id.0);
-                }
+                AnyEvent::ReadMarker(_) => {}
             }
         }
         let users: Vec<Uuid> = users.into_iter().collect();
         let convs: Vec<Uuid> = convs.into_iter().collect();
-        let listed_convs: Vec<Uuid> = listed_convs.into_iter().collect();
         let member_convs: Vec<Uuid> = member_convs.into_iter().collect();
-        let marker_convs: Vec<Uuid> = marker_convs.into_iter().collect();
         let mut state = State {
             users: Rows::new(),
             convs: Rows::new(),
             members: Rows::new(),
             periods: BTreeMap::new(),
             messages: Rows::new(),
-            lists: Rows::new(),
-            listed: HashMap::new(),
             markers: Rows::new(),
-            recount: BTreeSet::new(),
         };
         if !users.is_empty() {
             for r in sqlx::query_as::<_, UserKeyed>(
@@ -157,34 +131,6 @@ impl State {
             .await?
             {
                 state.members.loaded((r.conversation_id, r.user_id), r.row);
-            }
-        }
-        if !listed_convs.is_empty() {
-            for r in sqlx::query_as::<_, ListKeyed>(
-                "SELECT user_id, conversation_id, last_activity_at, read_seq, unread_count \
-                 FROM rm_user_conversations WHERE conversation_id = ANY($1)",
-            )
-            .bind(&listed_convs)
-            .fetch_all(&mut *conn)
-            .await?
-            {
-                let (user, conv) = (r.user_id, r.conversation_id);
-                state.lists.loaded((user, conv), r.row);
-                state.listed.entry(conv).or_default().insert(user);
-            }
-        }
-        if !marker_convs.is_empty() {
-            // A marker moved by this batch without being loaded is written
-            // with GREATEST, so only joins need the stored ones.
-            for (conv, user, seq) in sqlx::query_as::<_, (Uuid, Uuid, i64)>(
-                "SELECT conversation_id, user_id, seq FROM rm_read_markers \
-                 WHERE conversation_id = ANY($1)",
-            )
-            .bind(&marker_convs)
-            .fetch_all(&mut *conn)
-            .await?
-            {
-                state.markers.loaded((conv, user), seq);
             }
         }
         let older: Vec<(Uuid, Uuid)> = referenced.difference(&sent).copied().collect();

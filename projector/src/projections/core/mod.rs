@@ -11,17 +11,15 @@
 //!   `[joined_seq, left_seq)` of membership.
 //! - `rm_messages`: an edit replaces the body and sets `edited_at`; a
 //!   delete keeps the row with `body` NULL and `deleted` true.
-//! - `rm_user_conversations`: one row per current member, ordered by
-//!   `last_activity_at` (creation, the member's own join, then every
-//!   message). `unread_count` is always "messages by others with
-//!   `seq > greatest(read_seq, joined_seq)`, not deleted, as far as
-//!   projected": `MessageSent` increments it for every member but the
-//!   sender whose `read_seq` is below the message, `MessageDeleted`
-//!   decrements it where the message counted, `ReadMarkerMoved` recounts it.
-//!   Read markers are a stream of their own, so live they may be projected
-//!   before the messages they cover (another partition); every rule above
-//!   gives the same result in either order, which is what lets a rebuild
-//!   (global order) reproduce the live table exactly.
+//! - `rm_user_conversations` is a view, not a table (migration
+//!   `20261203000003`): a user's list order and unread counts are derived
+//!   at read time from `rm_conversations`, `rm_members`, `rm_read_markers`
+//!   and `rm_messages`, so a message writes the same rows whatever the
+//!   size of its audience. Read markers are a stream of their own, so live
+//!   they may be projected before the messages they cover (another
+//!   partition); counting at read time gives the same result in either
+//!   order, which is what lets a rebuild (global order) reproduce the live
+//!   state exactly.
 //! - `rm_read_markers`: the highest marker per (conversation, user), kept
 //!   after the user leaves (a returning member keeps their marker).
 //!
@@ -34,11 +32,9 @@
 //! [`Core::apply_batch`] loads every row the batch can touch (a handful of
 //! `= ANY($1)` queries), folds the events into those rows in memory, in
 //! order, and writes the changed rows back with one `UNNEST` statement per
-//! table and kind of change. Unread counts of members whose marker moved
-//! are recounted by one statement at the end (the definition above holds
-//! after every event, so counting over the batch's final state equals
-//! counting at the marker and then applying the later events). A batch of
-//! thousands of events thus costs about twenty statements.
+//! table and kind of change. A batch of thousands of events thus costs
+//! about a dozen statements, and a message's rows do not depend on how
+//! many members its conversation has.
 //!
 //! # Layout
 //!
@@ -46,7 +42,7 @@
 //!   loaded and changed) and `State` (every table a batch touches);
 //! - `load`: `State::load`, the `= ANY($1)` queries;
 //! - `fold`: `State::apply`, the rules above, event by event;
-//! - `store`: `State::store`, the `UNNEST` writes and the recount.
+//! - `store`: `State::store`, the `UNNEST` writes.
 
 mod fold;
 mod load;
@@ -73,7 +69,6 @@ const TABLES: &[&str] = &[
     "rm_members",
     "rm_member_periods",
     "rm_messages",
-    "rm_user_conversations",
     "rm_read_markers",
 ];
 

@@ -51,13 +51,6 @@ pub(super) struct MessageRow {
     pub(super) new: bool,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(super) struct ListRow {
-    pub(super) last_activity_at: Time,
-    pub(super) read_seq: i64,
-    pub(super) unread_count: i64,
-}
-
 /// Rows of one table as loaded (`None`: known to be absent), changed in
 /// memory; `dirty` keys are written back (upserted, or deleted if `None`).
 #[derive(Debug)]
@@ -134,12 +127,6 @@ pub(super) struct State {
     pub(super) periods: BTreeMap<(Uuid, Uuid, i64), Option<i64>>,
     /// (conversation, message_id)
     pub(super) messages: Rows<(Uuid, Uuid), MessageRow>,
-    /// (user, conversation)
-    pub(super) lists: Rows<(Uuid, Uuid), ListRow>,
-    /// Users with a list row, per conversation (an index into `lists`).
-    pub(super) listed: HashMap<Uuid, BTreeSet<Uuid>>,
     /// (conversation, user) -> seq
     pub(super) markers: Rows<(Uuid, Uuid), i64>,
-    /// (user, conversation) rows whose unread count is recounted at the end.
-    pub(super) recount: BTreeSet<(Uuid, Uuid)>,
 }

@@ -1,23 +1,19 @@
 //! `impl State`, part 3: write every changed row back (one `UNNEST`
-//! statement per table and kind of change), then recount the unread counts
-//! of members whose marker moved.
+//! statement per table and kind of change).
 
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::rows::State;
 
 impl State {
-    /// Writes every changed row back, then recounts moved markers' rows.
+    /// Writes every changed row back.
     pub(super) async fn store(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
         self.store_users(conn).await?;
         self.store_convs(conn).await?;
         self.store_members(conn).await?;
         self.store_periods(conn).await?;
         self.store_messages(conn).await?;
-        self.store_lists(conn).await?;
-        self.store_markers(conn).await?;
-        self.store_recount(conn).await
+        self.store_markers(conn).await
     }
 
     async fn store_users(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
@@ -241,55 +237,6 @@ impl State {
         Ok(())
     }
 
-    async fn store_lists(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        let (mut del_u, mut del_c) = (vec![], vec![]);
-        let (mut us, mut cs, mut active, mut read, mut unread) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for ((u, c), row) in self.lists.changes() {
-            match row {
-                None => {
-                    del_u.push(*u);
-                    del_c.push(*c);
-                }
-                Some(l) => {
-                    us.push(*u);
-                    cs.push(*c);
-                    active.push(l.last_activity_at);
-                    read.push(l.read_seq);
-                    unread.push(l.unread_count);
-                }
-            }
-        }
-        if !del_u.is_empty() {
-            sqlx::query(
-                "DELETE FROM rm_user_conversations l USING UNNEST($1::uuid[], $2::uuid[]) AS x(u, c) \
-                 WHERE l.user_id = x.u AND l.conversation_id = x.c",
-            )
-            .bind(&del_u)
-            .bind(&del_c)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !us.is_empty() {
-            sqlx::query(
-                "INSERT INTO rm_user_conversations (user_id, conversation_id, last_activity_at, \
-                                                    read_seq, unread_count) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[], $5::bigint[]) \
-                 ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
-                   last_activity_at = EXCLUDED.last_activity_at, read_seq = EXCLUDED.read_seq, \
-                   unread_count = EXCLUDED.unread_count",
-            )
-            .bind(&us)
-            .bind(&cs)
-            .bind(&active)
-            .bind(&read)
-            .bind(&unread)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
-    }
-
     async fn store_markers(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
         let (mut cs, mut us, mut seqs) = (vec![], vec![], vec![]);
         for ((c, u), seq) in self.markers.changes() {
@@ -310,33 +257,6 @@ impl State {
         .bind(&cs)
         .bind(&us)
         .bind(&seqs)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn store_recount(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        let (us, cs): (Vec<Uuid>, Vec<Uuid>) = self
-            .recount
-            .iter()
-            .filter(|k| self.lists.get(k).is_some())
-            .copied()
-            .unzip();
-        if us.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE rm_user_conversations uc SET unread_count = ( \
-               SELECT count(*) FROM rm_messages m \
-               JOIN rm_members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = uc.user_id \
-               WHERE m.conversation_id = uc.conversation_id \
-                 AND m.seq > GREATEST(uc.read_seq, mb.joined_seq) \
-                 AND m.sender_id <> uc.user_id AND NOT m.deleted) \
-             FROM UNNEST($1::uuid[], $2::uuid[]) AS x(u, c) \
-             WHERE uc.user_id = x.u AND uc.conversation_id = x.c",
-        )
-        .bind(&us)
-        .bind(&cs)
         .execute(conn)
         .await?;
         Ok(())
