@@ -1,17 +1,18 @@
 //! The consumer: Kafka records to queued notifications.
 //!
-//! One round takes what the consumer has ready (up to `batch_size`), then
-//! for each record in order:
+//! One round takes what the consumer has ready (up to `batch_size`):
 //!
-//! - poison (not decodable by the projector's [`Decoder`]) → dead-letter
-//!   topic, logged once with its reason;
-//! - `MessageSent` → wait until the projector has projected the
-//!   conversation up to the message (membership comes from
-//!   `rm_member_periods`, exact *as of the message's sequence* whatever the
-//!   projector did since), then queue one `push_deliveries` row per
-//!   subscription of every push recipient (with the message's `seq`: the
-//!   order of its lane, see [`crate::push`]), `ON CONFLICT DO NOTHING`: the
-//!   dedupe records;
+//! - poison (not decodable by the [`Decoder`]) → dead-letter topic, logged
+//!   once with its reason;
+//! - `MessageSent`s → wait until the projector has projected each
+//!   conversation up to its last message of the round (membership comes
+//!   from `rm_member_periods`, exact *as of each message's sequence*
+//!   whatever the projector did since), then queue one `push_deliveries`
+//!   row per subscription of every push recipient (with the message's
+//!   `seq`: the order of its lane, see [`crate::push`]), `ON CONFLICT DO
+//!   NOTHING`: the dedupe records. Recipients, presence, subscriptions and
+//!   titles are looked up once for the round, not per message, and only
+//!   users with a subscription are looked up in Redis;
 //! - anything else → nothing.
 //!
 //! For email, the round upserts one `digest_pending` row per conversation
@@ -24,7 +25,7 @@
 //! redelivers the round; its rows already exist, so nothing is queued
 //! twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ use infra::retry::Backoff;
 use infra::shutdown::Shutdown;
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -222,89 +223,117 @@ impl Consumer {
         events: &[(&OwnedMessage, DecodedEvent)],
         shutdown: &Shutdown,
     ) -> Result<Option<(u64, u64)>, (usize, HandleError)> {
+        let sent: Vec<(usize, Sent<'_>)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (_, event))| match &event.event {
+                AnyEvent::Conversation(ConversationEvent::MessageSent {
+                    message_id,
+                    sender_id,
+                    body,
+                    ..
+                }) => Some((
+                    index,
+                    Sent {
+                        conversation_id: event.stream_id,
+                        seq: event.sequence(),
+                        message_id: message_id.0,
+                        sender_id: sender_id.0,
+                        body: body.as_str(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        if sent.is_empty() {
+            return Ok(Some((0, 0)));
+        }
+        match self.wait_projected(&sent, shutdown).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => return Err(e),
+        }
         let mut tx = self.pool.begin().await.map_err(|e| (0, e.into()))?;
-        let mut push = 0;
+        let push = self.queue(&mut tx, &sent).await.map_err(|e| (0, e))?;
         // (conversation, first and last sequence) with a message this round.
         let mut pending: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
-        for (index, (_, event)) in events.iter().enumerate() {
-            if let AnyEvent::Conversation(ConversationEvent::MessageSent {
-                message_id,
-                sender_id,
-                body,
-                ..
-            }) = &event.event
-            {
-                let msg = Sent {
-                    conversation_id: event.stream_id,
-                    seq: event.sequence(),
-                    message_id: message_id.0,
-                    sender_id: sender_id.0,
-                    body: body.as_str(),
-                };
-                match self.wait_projected(&msg, shutdown).await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(None),
-                    Err(e) => return Err((index, e)),
-                }
-                push += self.queue(&mut tx, &msg).await.map_err(|e| (index, e))?;
-                Stats::add(&self.stats.messages, 1);
-                let range = pending
-                    .entry(msg.conversation_id)
-                    .or_insert((msg.seq, msg.seq));
-                *range = (range.0.min(msg.seq), range.1.max(msg.seq));
-            }
+        for (_, msg) in &sent {
+            let range = pending
+                .entry(msg.conversation_id)
+                .or_insert((msg.seq, msg.seq));
+            *range = (range.0.min(msg.seq), range.1.max(msg.seq));
         }
         let digest = pending.len() as u64;
-        if !pending.is_empty() {
-            let mut convs = Vec::with_capacity(pending.len());
-            let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
-            for (c, (first, last)) in pending {
-                convs.push(c);
-                firsts.push(first);
-                lasts.push(last);
-            }
-            sqlx::query(
-                "INSERT INTO digest_pending (conversation_id, since_seq, last_seq) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) \
-                 ON CONFLICT (conversation_id) DO UPDATE SET \
-                   since_seq = LEAST(digest_pending.since_seq, EXCLUDED.since_seq), \
-                   last_seq = GREATEST(digest_pending.last_seq, EXCLUDED.last_seq)",
-            )
-            .bind(&convs)
-            .bind(&firsts)
-            .bind(&lasts)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| (0, e.into()))?;
+        let mut convs = Vec::with_capacity(pending.len());
+        let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
+        for (c, (first, last)) in pending {
+            convs.push(c);
+            firsts.push(first);
+            lasts.push(last);
         }
+        sqlx::query(
+            "INSERT INTO digest_pending (conversation_id, since_seq, last_seq) \
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) \
+             ON CONFLICT (conversation_id) DO UPDATE SET \
+               since_seq = LEAST(digest_pending.since_seq, EXCLUDED.since_seq), \
+               last_seq = GREATEST(digest_pending.last_seq, EXCLUDED.last_seq)",
+        )
+        .bind(&convs)
+        .bind(&firsts)
+        .bind(&lasts)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| (0, e.into()))?;
         tx.commit().await.map_err(|e| (0, e.into()))?;
+        Stats::add(&self.stats.messages, sent.len() as u64);
         Stats::add(&self.stats.push_queued, push);
         Stats::add(&self.stats.digest_pending, digest);
         Ok(Some((push, digest)))
     }
 
-    /// Waits until the projector's checkpoint of the conversation reaches
-    /// the message; `Ok(false)` on shutdown.
+    /// Waits until the projector's checkpoint of every conversation
+    /// reaches its last message of the batch (one query per poll, for all
+    /// of them); `Ok(false)` on shutdown, and at the deadline the first
+    /// message still not projected, as `NotProjected`.
     async fn wait_projected(
         &self,
-        msg: &Sent<'_>,
+        sent: &[(usize, Sent<'_>)],
         shutdown: &Shutdown,
-    ) -> Result<bool, HandleError> {
+    ) -> Result<bool, (usize, HandleError)> {
+        let mut need: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, msg) in sent {
+            let seq = need.entry(msg.conversation_id.to_string()).or_insert(0);
+            *seq = (*seq).max(msg.seq);
+        }
         let deadline = Instant::now() + self.projection_wait;
         let mut delay = Duration::from_millis(20);
         loop {
-            let last: Option<i64> = sqlx::query_scalar(
-                "SELECT last_sequence FROM rm_checkpoints \
-                 WHERE projection = 'core' AND aggregate_type = 'conversation' AND aggregate_id = $1",
+            let ids: Vec<&str> = need.keys().map(String::as_str).collect();
+            let got: BTreeMap<String, i64> = sqlx::query_as(
+                "SELECT aggregate_id, last_sequence FROM rm_checkpoints \
+                 WHERE projection = 'core' AND aggregate_type = 'conversation' AND aggregate_id = ANY($1)",
             )
-            .bind(msg.conversation_id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-            if last.unwrap_or(0) >= msg.seq {
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| (0, e.into()))?
+            .into_iter()
+            .collect();
+            if need
+                .iter()
+                .all(|(c, seq)| got.get(c).is_some_and(|l| l >= seq))
+            {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
-                return Err(HandleError::NotProjected);
+                let index = sent
+                    .iter()
+                    .find(|(_, m)| {
+                        got.get(&m.conversation_id.to_string())
+                            .is_none_or(|l| *l < m.seq)
+                    })
+                    .map_or(0, |(i, _)| *i);
+                return Err((index, HandleError::NotProjected));
             }
             if shutdown.sleep(delay).await {
                 return Ok(false);
@@ -313,70 +342,109 @@ impl Consumer {
         }
     }
 
-    /// Queues the pushes of one message; returns how many rows.
-    async fn queue(&self, conn: &mut PgConnection, msg: &Sent<'_>) -> Result<u64, HandleError> {
-        let rows = sqlx::query(
-            "SELECT p.user_id \
-             FROM rm_member_periods p \
+    /// Queues the pushes of the batch's messages with a handful of
+    /// statements for the whole batch; returns how many rows. Recipients
+    /// are members at the message's sequence, not the sender, with push on,
+    /// not muted and with a subscription, so presence is asked only about
+    /// users who would be pushed.
+    async fn queue(
+        &self,
+        conn: &mut PgConnection,
+        sent: &[(usize, Sent<'_>)],
+    ) -> Result<u64, HandleError> {
+        let convs: Vec<Uuid> = sent.iter().map(|(_, m)| m.conversation_id).collect();
+        let seqs: Vec<i64> = sent.iter().map(|(_, m)| m.seq).collect();
+        let senders: Vec<Uuid> = sent.iter().map(|(_, m)| m.sender_id).collect();
+        let recipients: Vec<(i64, Uuid)> = sqlx::query_as(
+            "SELECT x.i, p.user_id \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[]) WITH ORDINALITY AS x(c, seq, sender, i) \
+             JOIN rm_member_periods p ON p.conversation_id = x.c AND p.joined_seq <= x.seq \
+                  AND (p.left_seq IS NULL OR p.left_seq > x.seq) AND p.user_id <> x.sender \
              LEFT JOIN notification_settings s ON s.user_id = p.user_id \
              WHERE COALESCE(s.push, true) \
-               AND p.conversation_id = $1 AND p.joined_seq <= $2 \
-               AND (p.left_seq IS NULL OR p.left_seq > $2) AND p.user_id <> $3 \
+               AND EXISTS (SELECT 1 FROM push_subscriptions ps WHERE ps.user_id = p.user_id) \
                AND NOT EXISTS (SELECT 1 FROM conversation_mutes m \
-                   WHERE m.user_id = p.user_id AND m.conversation_id = p.conversation_id \
+                   WHERE m.user_id = p.user_id AND m.conversation_id = x.c \
                      AND (m.muted_until IS NULL OR m.muted_until > now()))",
         )
-        .bind(msg.conversation_id)
-        .bind(msg.seq)
-        .bind(msg.sender_id)
+        .bind(&convs)
+        .bind(&seqs)
+        .bind(&senders)
         .fetch_all(&mut *conn)
         .await?;
-        let mut push_users = Vec::with_capacity(rows.len());
-        for r in rows {
-            push_users.push(r.try_get::<Uuid, _>(0)?);
+        if recipients.is_empty() {
+            return Ok(0);
         }
-        if !self.push_when_online && !push_users.is_empty() {
-            push_users = self.offline(push_users).await?;
+        let mut users: Vec<Uuid> = recipients.iter().map(|(_, u)| *u).collect();
+        users.sort_unstable();
+        users.dedup();
+        if !self.push_when_online {
+            users = self.offline(users).await?;
         }
-        let mut pushed = 0;
-        if !push_users.is_empty() {
-            let subs = sqlx::query(
-                "SELECT subscription_id, user_id, endpoint FROM push_subscriptions WHERE user_id = ANY($1)",
-            )
-            .bind(&push_users)
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut ids = Vec::with_capacity(subs.len());
-            let mut users = Vec::with_capacity(subs.len());
-            let mut origins = Vec::with_capacity(subs.len());
-            for s in subs {
-                let endpoint: String = s.try_get(2)?;
-                let Some(origin) = webpush::origin(&endpoint) else {
-                    continue;
-                };
-                ids.push(s.try_get::<Uuid, _>(0)?);
-                users.push(s.try_get::<Uuid, _>(1)?);
-                origins.push(origin);
-            }
-            if !ids.is_empty() {
-                let payload = self.payload(conn, msg).await?;
-                pushed = sqlx::query(
-                    "INSERT INTO push_deliveries (message_id, subscription_id, user_id, conversation_id, seq, origin, payload) \
-                     SELECT $1, x.s, x.u, $2, $7, x.o, $3 FROM UNNEST($4::uuid[], $5::uuid[], $6::text[]) AS x(s, u, o) \
-                     ON CONFLICT (message_id, subscription_id) DO NOTHING",
-                )
-                .bind(msg.message_id)
-                .bind(msg.conversation_id)
-                .bind(&payload)
-                .bind(&ids)
-                .bind(&users)
-                .bind(&origins)
-                .bind(msg.seq)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let mut subs: HashMap<Uuid, Vec<(Uuid, String)>> = HashMap::new();
+        for (sub, user, endpoint) in sqlx::query_as::<_, (Uuid, Uuid, String)>(
+            "SELECT subscription_id, user_id, endpoint FROM push_subscriptions WHERE user_id = ANY($1)",
+        )
+        .bind(&users)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            if let Some(origin) = webpush::origin(&endpoint) {
+                subs.entry(user).or_default().push((sub, origin));
             }
         }
+        let titles = Titles::load(conn, sent).await?;
+        // One payload per message, built once, shared by its rows.
+        let mut payloads: HashMap<usize, serde_json::Value> = HashMap::new();
+        let (mut msg_ids, mut sub_ids, mut user_ids, mut conv_ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut row_seqs, mut origins, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+        for (ordinal, user) in &recipients {
+            let Some(user_subs) = subs.get(user) else {
+                continue;
+            };
+            let Some(at) = usize::try_from(*ordinal - 1)
+                .ok()
+                .filter(|i| *i < sent.len())
+            else {
+                continue;
+            };
+            let msg = &sent[at].1;
+            let payload = payloads
+                .entry(at)
+                .or_insert_with(|| payload(msg, &titles))
+                .clone();
+            for (sub, origin) in user_subs {
+                msg_ids.push(msg.message_id);
+                sub_ids.push(*sub);
+                user_ids.push(*user);
+                conv_ids.push(msg.conversation_id);
+                row_seqs.push(msg.seq);
+                origins.push(origin.clone());
+                bodies.push(payload.clone());
+            }
+        }
+        if msg_ids.is_empty() {
+            return Ok(0);
+        }
+        let pushed = sqlx::query(
+            "INSERT INTO push_deliveries (message_id, subscription_id, user_id, conversation_id, seq, origin, payload) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::jsonb[]) \
+             ON CONFLICT (message_id, subscription_id) DO NOTHING",
+        )
+        .bind(&msg_ids)
+        .bind(&sub_ids)
+        .bind(&user_ids)
+        .bind(&conv_ids)
+        .bind(&row_seqs)
+        .bind(&origins)
+        .bind(&bodies)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
         Ok(pushed)
     }
 
@@ -395,44 +463,6 @@ impl Consumer {
             .filter(|(_, p)| *p == 0)
             .map(|(u, _)| u)
             .collect())
-    }
-
-    /// API.md's push payload: `{"type":"message","conversation_id",
-    /// "message_id","seq","sender_id","title","body"}`; the title is the
-    /// sender's display name, with the group's title for groups.
-    async fn payload(
-        &self,
-        conn: &mut PgConnection,
-        msg: &Sent<'_>,
-    ) -> Result<serde_json::Value, HandleError> {
-        let row = sqlx::query(
-            "SELECT (SELECT display_name FROM rm_users WHERE user_id = $1), \
-                    (SELECT title FROM rm_conversations WHERE conversation_id = $2 AND kind = 'group')",
-        )
-        .bind(msg.sender_id)
-        .bind(msg.conversation_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        let sender: Option<String> = row.try_get(0)?;
-        let group: Option<String> = row.try_get(1)?;
-        let sender = sender.unwrap_or_else(|| "New message".to_owned());
-        let title = match group {
-            Some(g) => format!("{sender} in {g}"),
-            None => sender,
-        };
-        let mut body: String = msg.body.chars().take(PUSH_BODY_CHARS).collect();
-        if body.len() < msg.body.len() {
-            body.push('…');
-        }
-        Ok(json!({
-            "type": "message",
-            "conversation_id": msg.conversation_id,
-            "message_id": msg.message_id,
-            "seq": msg.seq,
-            "sender_id": msg.sender_id,
-            "title": title.chars().take(256).collect::<String>(),
-            "body": body,
-        }))
     }
 
     async fn dead_letter_record(
@@ -465,6 +495,68 @@ impl Consumer {
         Stats::add(&self.stats.dead_lettered, 1);
         true
     }
+}
+
+/// Sender names and group titles of a batch's messages (two queries).
+struct Titles {
+    senders: HashMap<Uuid, String>,
+    groups: HashMap<Uuid, Option<String>>,
+}
+
+impl Titles {
+    async fn load(
+        conn: &mut PgConnection,
+        sent: &[(usize, Sent<'_>)],
+    ) -> Result<Self, sqlx::Error> {
+        let senders: Vec<Uuid> = sent.iter().map(|(_, m)| m.sender_id).collect();
+        let convs: Vec<Uuid> = sent.iter().map(|(_, m)| m.conversation_id).collect();
+        let senders = sqlx::query_as::<_, (Uuid, String)>(
+            "SELECT user_id, display_name FROM rm_users WHERE user_id = ANY($1)",
+        )
+        .bind(&senders)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let groups = sqlx::query_as::<_, (Uuid, Option<String>)>(
+            "SELECT conversation_id, title FROM rm_conversations \
+             WHERE conversation_id = ANY($1) AND kind = 'group'",
+        )
+        .bind(&convs)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        Ok(Self { senders, groups })
+    }
+}
+
+/// API.md's push payload: `{"type":"message","conversation_id",
+/// "message_id","seq","sender_id","title","body"}`; the title is the
+/// sender's display name, with the group's title for groups.
+fn payload(msg: &Sent<'_>, titles: &Titles) -> serde_json::Value {
+    let sender = titles
+        .senders
+        .get(&msg.sender_id)
+        .cloned()
+        .unwrap_or_else(|| "New message".to_owned());
+    let title = match titles.groups.get(&msg.conversation_id) {
+        Some(Some(g)) => format!("{sender} in {g}"),
+        _ => sender,
+    };
+    let mut body: String = msg.body.chars().take(PUSH_BODY_CHARS).collect();
+    if body.len() < msg.body.len() {
+        body.push('…');
+    }
+    json!({
+        "type": "message",
+        "conversation_id": msg.conversation_id,
+        "message_id": msg.message_id,
+        "seq": msg.seq,
+        "sender_id": msg.sender_id,
+        "title": title.chars().take(256).collect::<String>(),
+        "body": body,
+    })
 }
 
 /// A `MessageSent`, flattened.
