@@ -4,11 +4,13 @@
 use async_trait::async_trait;
 use domain::conversation::{ConversationEvent, ConversationLookup, LookupError, MessageFacts};
 use domain::values::{ClientMsgId, ConversationId, MessageId, UserId};
+use std::sync::Arc;
+
 use futures::FutureExt;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::store::{Appended, SideWrite, StoreError};
+use crate::store::{Appended, SideWrite};
 
 /// Answers the Conversation aggregate's questions from command-side tables.
 #[derive(Debug, Clone)]
@@ -91,10 +93,47 @@ impl ConversationLookup for PgLookup {
     }
 }
 
+/// The lookup of a send's first attempt: it answers the duplicate check
+/// ("was this `client_msg_id` used before?") with "no" without asking
+/// PostgreSQL, and delegates everything else. The append checks instead:
+/// `message_index`'s unique index refuses a duplicate inside the append's
+/// transaction (a [`StoreError::Unique`] that is not retried), and the send
+/// is then handled again with [`PgLookup`], which finds the first send. A
+/// fresh message thus costs no lookup round trip; a duplicate costs one
+/// failed append more.
+#[derive(Debug, Clone)]
+pub struct OptimisticLookup(pub Arc<PgLookup>);
+
+#[async_trait]
+impl ConversationLookup for OptimisticLookup {
+    async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, LookupError> {
+        self.0.missing_users(ids).await
+    }
+
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        message_id: MessageId,
+    ) -> Result<Option<MessageFacts>, LookupError> {
+        self.0.message(conversation, message_id).await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        _conversation: ConversationId,
+        _sender: UserId,
+        _client_msg_id: &ClientMsgId,
+    ) -> Result<Option<MessageFacts>, LookupError> {
+        Ok(None)
+    }
+}
+
 /// Keeps `message_index` in the same transaction as the conversation's events.
-/// A concurrent duplicate `client_msg_id` from another instance trips the
-/// unique index and is reported as a conflict, so the command is retried and
-/// then finds the first send.
+/// A duplicate `client_msg_id` (a send after [`OptimisticLookup`], or a
+/// concurrent one from another instance) trips the unique index: the append
+/// fails with [`StoreError::Unique`] and the send is handled again with
+/// [`PgLookup`], which then finds the first send (a unique violation is
+/// raised only once the other transaction has committed).
 pub fn message_index_writer(conversation: ConversationId) -> SideWrite<'static, ConversationEvent> {
     Box::new(
         move |conn: &mut PgConnection, events: &[Appended<ConversationEvent>]| {
@@ -119,11 +158,7 @@ pub fn message_index_writer(conversation: ConversationId) -> SideWrite<'static, 
                         .bind(e.sequence)
                         .bind(sent_at)
                         .execute(&mut *conn)
-                        .await
-                        .map_err(|err| match StoreError::from(err) {
-                            StoreError::Unique(_) => StoreError::Conflict,
-                            other => other,
-                        })?;
+                        .await?;
                     }
                     ConversationEvent::MessageDeleted { message_id, .. } => {
                         sqlx::query(

@@ -3,13 +3,14 @@
 
 use chrono::{DateTime, Utc};
 use domain::conversation::{
-    ConversationCommand, ConversationEvent, ConversationLookup, NewConversation,
+    ConversationCommand, ConversationError, ConversationEvent, ConversationLookup,
+    ConversationServices, NewConversation,
 };
 use domain::values::{ClientMsgId, ConversationId, MessageBody, MessageId, Role, Title, UserId};
 
 use super::{conv_id, CommandError, Commands};
 use crate::lookup::message_index_writer;
-use crate::store::{Appended, CommandMeta};
+use crate::store::{Appended, CommandMeta, ExecError, StoreError};
 
 /// Result of a send: the message's identity, whether it was new or a retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +28,22 @@ impl Commands {
         cmd: ConversationCommand,
         meta: &CommandMeta,
     ) -> Result<Vec<Appended<ConversationEvent>>, CommandError> {
+        Ok(self.conv_with(&self.services, id, cmd, meta).await?)
+    }
+
+    async fn conv_with(
+        &self,
+        services: &ConversationServices,
+        id: ConversationId,
+        cmd: ConversationCommand,
+        meta: &CommandMeta,
+    ) -> Result<Vec<Appended<ConversationEvent>>, ExecError<ConversationError>> {
         let executed = self
             .conversations
             .execute(
                 &id.to_string(),
                 cmd,
-                &self.services,
+                services,
                 meta,
                 Some(message_index_writer(id)),
             )
@@ -184,19 +195,25 @@ impl Commands {
         let id = conv_id(conversation)?;
         let client_msg_id = ClientMsgId::parse(client_msg_id, &self.limits)?;
         let body = MessageBody::parse(body, &self.limits)?;
-        let events = self
-            .conv(
-                id,
-                ConversationCommand::SendMessage {
-                    sender: actor,
-                    message_id: MessageId::new_v7(),
-                    client_msg_id: client_msg_id.clone(),
-                    body,
-                    sent_at: meta.occurred_at,
-                },
-                meta,
-            )
-            .await?;
+        let cmd = ConversationCommand::SendMessage {
+            sender: actor,
+            message_id: MessageId::new_v7(),
+            client_msg_id: client_msg_id.clone(),
+            body,
+            sent_at: meta.occurred_at,
+        };
+        // First without asking whether the client_msg_id was used: the
+        // append's unique index answers that (OptimisticLookup). Only a
+        // refused append pays the lookup, by handling the send again.
+        let events = match self
+            .conv_with(&self.first_send, id, cmd.clone(), meta)
+            .await
+        {
+            Err(ExecError::Store(StoreError::Unique(_))) => {
+                self.conv_with(&self.services, id, cmd, meta).await?
+            }
+            other => other?,
+        };
         for e in events {
             if let ConversationEvent::MessageSent {
                 message_id,

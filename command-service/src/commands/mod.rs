@@ -23,7 +23,7 @@ use sqlx::PgPool;
 pub use self::accounts::ResetIssued;
 pub use self::conversations::SentMessage;
 use crate::credentials::{CredentialError, Hasher};
-use crate::lookup::PgLookup;
+use crate::lookup::{OptimisticLookup, PgLookup};
 use crate::relay::RelayWake;
 use crate::store::{ExecError, Repository, StoreError, StoreTuning};
 
@@ -108,6 +108,8 @@ pub struct Commands {
     pub conversations: Repository<Conversation>,
     pub markers: Repository<ReadMarker>,
     services: ConversationServices,
+    /// `services` with [`OptimisticLookup`], for a send's first attempt.
+    first_send: ConversationServices,
     lookup: Arc<PgLookup>,
     hasher: Hasher,
     limits: Limits,
@@ -135,6 +137,10 @@ impl Commands {
             markers: Repository::new(pool.clone(), tuning, wake.clone()),
             services: ConversationServices {
                 lookup: lookup.clone(),
+                limits,
+            },
+            first_send: ConversationServices {
+                lookup: Arc::new(OptimisticLookup(lookup.clone())),
                 limits,
             },
             lookup,
