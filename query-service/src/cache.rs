@@ -329,27 +329,30 @@ impl Cache {
         )
     }
 
+    /// The raw value cached as `what` under `generation`, uncounted.
+    async fn get_raw(&self, generation: Option<&Generation>, what: &str) -> Option<String> {
+        let (Some(g), Some(r)) = (generation, self.live()) else {
+            return None;
+        };
+        match r.pool.get::<Option<String>, _>(Self::key(r, g, what)).await {
+            Ok(v) => {
+                r.ok();
+                v
+            }
+            Err(e) => {
+                r.failed(&e);
+                None
+            }
+        }
+    }
+
     /// The value cached as `what` under `generation`, if any.
     pub async fn get<T: DeserializeOwned>(
         &self,
         generation: Option<&Generation>,
         what: &str,
     ) -> Option<T> {
-        let raw = match (generation, self.live()) {
-            (Some(g), Some(r)) => {
-                match r.pool.get::<Option<String>, _>(Self::key(r, g, what)).await {
-                    Ok(v) => {
-                        r.ok();
-                        v
-                    }
-                    Err(e) => {
-                        r.failed(&e);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let raw = self.get_raw(generation, what).await;
         self.decode(raw, what)
     }
 
@@ -461,21 +464,7 @@ impl Cache {
         generation: Option<&Generation>,
         what: &str,
     ) -> Option<T> {
-        let raw = match (generation, self.live()) {
-            (Some(g), Some(r)) => {
-                match r.pool.get::<Option<String>, _>(Self::key(r, g, what)).await {
-                    Ok(v) => {
-                        r.ok();
-                        v
-                    }
-                    Err(e) => {
-                        r.failed(&e);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let raw = self.get_raw(generation, what).await;
         let Some(entry) = Self::parse::<Dependent<T>>(raw, what) else {
             self.count(false);
             return None;
