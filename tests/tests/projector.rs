@@ -1141,6 +1141,21 @@ async fn generations_are_bumped_after_member_removed_and_conversation_renamed() 
     let ann = register(c, "ann").await?;
     let bob = register(c, "bob").await?;
     let cat = register(c, "cat").await?;
+    // The registrations are projected (and their user generations bumped)
+    // before the group exists: user streams may sit on another partition
+    // than the conversation, and a late registration would move a user's
+    // generation in the middle of the checks below.
+    let redis = support::redis().await?;
+    let deadline = std::time::Instant::now() + WAIT;
+    for u in [ann, bob, cat] {
+        while support::generation(&redis, &p, "user", &u.to_string()).await? < 1 {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "registration of {u} not projected"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     let mut sub = Subscriber::connect().await?;
     let ann_channel = infra::keys::user_channel(&p, &ann.to_string());
     sub.subscribe(&ann_channel).await?;
@@ -1159,7 +1174,6 @@ async fn generations_are_bumped_after_member_removed_and_conversation_renamed() 
     let conv_channel = infra::keys::conv_channel(&p, &g);
     sub.subscribe(&conv_channel).await?;
 
-    let redis = support::redis().await?;
     let gens = |redis: fred::prelude::Client, p: String, g: String| async move {
         let mut out = Vec::new();
         out.push(support::generation(&redis, &p, "conv", &g).await?);
