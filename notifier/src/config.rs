@@ -120,6 +120,29 @@ pub struct Config {
     /// the system's): a private push service, or the test harness's.
     #[arg(long, env = "NOTIFIER_PUSH_EXTRA_CA_FILE")]
     pub push_extra_ca_file: Option<PathBuf>,
+    /// Push-service hosts the notifier may send to, comma-separated host
+    /// suffixes (`example.com` also covers `a.example.com`), each allowing
+    /// port 443 unless it names a port (`push.example:8443`) or any
+    /// (`push.example:*`). Empty: the public push services of Chrome,
+    /// Firefox, Edge and Safari (`notifier::endpoint::DEFAULT_ALLOWED_HOSTS`).
+    /// Endpoints elsewhere are refused at registration and never contacted.
+    #[arg(long, env = "NOTIFIER_PUSH_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub push_allowed_hosts: Vec<String>,
+    /// Networks a push endpoint may resolve to although they are not public
+    /// (CIDRs or addresses, comma-separated): a private push service, or
+    /// the tests' on loopback. Empty (the default): loopback, private,
+    /// link-local, unique-local, CGNAT and reserved addresses are refused.
+    #[arg(long, env = "NOTIFIER_PUSH_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub push_allowed_networks: Vec<String>,
+    /// Most push subscriptions per user; registering one more replaces the
+    /// oldest (a browser that re-subscribes gets a new endpoint and rarely
+    /// unsubscribes the old one).
+    #[arg(
+        long,
+        env = "NOTIFIER_MAX_SUBSCRIPTIONS_PER_USER",
+        default_value_t = 10
+    )]
+    pub max_subscriptions_per_user: u32,
     /// Poll interval of the push and digest workers, milliseconds (they are
     /// also woken at once when the consumer queues work).
     #[arg(long, env = "NOTIFIER_POLL_MS", default_value_t = 250)]

@@ -70,6 +70,7 @@
 pub mod config;
 pub mod consumer;
 pub mod digest;
+pub mod endpoint;
 pub mod grpc;
 pub mod prefs;
 pub mod push;
@@ -142,7 +143,20 @@ impl Application {
                 kafka_options: &config.kafka_options,
             },
         )?;
+        let policy = Arc::new(
+            endpoint::EndpointPolicy::new(
+                &config.push_allowed_hosts,
+                &config.push_allowed_networks,
+            )
+            .map_err(|e| anyhow::anyhow!("push endpoint policy: {e}"))?,
+        );
+        // No redirects (a push service answers, it does not redirect; a
+        // redirect would lead the request past the endpoint check), HTTPS
+        // only, and names resolved through the policy's filter.
         let mut http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
+            .dns_resolver(Arc::new(endpoint::FilteringResolver(policy.clone())))
             .connect_timeout(Duration::from_millis(config.push_timeout_ms))
             .pool_max_idle_per_host(config.push_per_origin.max(1))
             .user_agent("messenger-notifier");
@@ -207,6 +221,7 @@ impl Application {
         let push = PushWorker {
             pool: pool.clone(),
             http,
+            policy: policy.clone(),
             vapid: vapid.clone(),
             settings: PushSettings {
                 ttl_secs: config.push_ttl_secs,
@@ -237,8 +252,15 @@ impl Application {
             stats: stats.clone(),
             backoff: std::sync::Mutex::default(),
         };
-        let grpc =
-            grpc::NotifierGrpc::new(Prefs::new(pool.clone(), config.email_delay_secs), vapid);
+        let grpc = grpc::NotifierGrpc::new(
+            Prefs::new(
+                pool.clone(),
+                config.email_delay_secs,
+                policy,
+                config.max_subscriptions_per_user.max(1),
+            ),
+            vapid,
+        );
         tracing::info!(
             addr = %addr,
             topic = %config.kafka.events_topic,

@@ -1,10 +1,13 @@
 //! Subscriptions, settings and mutes: what the gRPC service reads and
 //! writes, as typed operations over the notifier's tables.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::endpoint::EndpointPolicy;
 use crate::webpush::{self, UaKeys};
 
 /// Longest accepted `email_delay_seconds` (a week).
@@ -53,13 +56,22 @@ pub struct SubscriptionView {
 pub struct Prefs {
     pool: PgPool,
     default_delay: u32,
+    policy: Arc<EndpointPolicy>,
+    max_subscriptions: u32,
 }
 
 impl Prefs {
-    pub fn new(pool: PgPool, default_delay: u32) -> Self {
+    pub fn new(
+        pool: PgPool,
+        default_delay: u32,
+        policy: Arc<EndpointPolicy>,
+        max_subscriptions: u32,
+    ) -> Self {
         Self {
             pool,
             default_delay: default_delay.min(MAX_EMAIL_DELAY),
+            policy,
+            max_subscriptions: max_subscriptions.max(1),
         }
     }
 
@@ -78,6 +90,13 @@ impl Prefs {
                 reason: "must be an absolute https URL",
             });
         }
+        self.policy
+            .check_registration(endpoint)
+            .await
+            .map_err(|reason| PrefsError::Invalid {
+                field: "endpoint",
+                reason,
+            })?;
         UaKeys::parse(p256dh, auth).map_err(|e| match e {
             webpush::KeyError::BadAuth => PrefsError::Invalid {
                 field: "keys.auth",
@@ -88,6 +107,17 @@ impl Prefs {
                 reason: "must be a base64url uncompressed P-256 point",
             },
         })?;
+        // One statement: the upsert, then (serialised per user by an
+        // advisory lock, so two registrations cannot both stay under the
+        // cap) the user's oldest subscriptions beyond the cap go. Their
+        // queued pushes then close as gone, as after a 410.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('push_subscriptions:' || $1::text, 0))",
+        )
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
         let row = sqlx::query(
             "INSERT INTO push_subscriptions (subscription_id, user_id, endpoint, p256dh, auth) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -99,9 +129,22 @@ impl Prefs {
         .bind(endpoint)
         .bind(p256dh.trim_end_matches('='))
         .bind(auth.trim_end_matches('='))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        let id: Uuid = row.try_get(0)?;
+        sqlx::query(
+            "DELETE FROM push_subscriptions WHERE user_id = $1 AND subscription_id <> $2 \
+               AND subscription_id NOT IN (SELECT subscription_id FROM push_subscriptions \
+                 WHERE user_id = $1 AND subscription_id <> $2 \
+                 ORDER BY created_at DESC, subscription_id DESC LIMIT $3)",
+        )
+        .bind(user)
+        .bind(id)
+        .bind(i64::from(self.max_subscriptions) - 1)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((id, row.try_get(1)?))
     }
 
     pub async fn list_subscriptions(

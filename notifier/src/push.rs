@@ -105,6 +105,9 @@ pub struct PushSettings {
 pub struct PushWorker {
     pub(crate) pool: PgPool,
     pub(crate) http: reqwest::Client,
+    /// Checked again before every request: the policy may have changed
+    /// since registration, and IP-literal hosts skip the client's resolver.
+    pub(crate) policy: Arc<crate::endpoint::EndpointPolicy>,
     pub(crate) vapid: VapidKey,
     pub(crate) settings: PushSettings,
     pub(crate) dead_letter: DeadLetter,
@@ -463,6 +466,12 @@ impl PushWorker {
     }
 
     async fn send(&self, c: &Claimed, endpoint: &str, p256dh: &str, auth: &str) -> Outcome {
+        if let Err(why) = self.policy.check(endpoint) {
+            return Outcome::Fail {
+                status: None,
+                detail: format!("endpoint refused: it {why}"),
+            };
+        }
         let Some(payload) = &c.payload else {
             return Outcome::Fail {
                 status: None,

@@ -134,6 +134,12 @@ pub fn config(svc: &CommandService, opts: &NotifierOptions) -> Result<notifier::
         "mailto:tests@messenger.invalid".into(),
         "--push-extra-ca-file".into(),
         pki.join("ca.pem").to_string_lossy().into_owned(),
+        // The test push service: `https://localhost:PORT` (the default
+        // policy allows only the public push services on public addresses).
+        "--push-allowed-hosts".into(),
+        "localhost:*".into(),
+        "--push-allowed-networks".into(),
+        "127.0.0.0/8,::1/128".into(),
         "--smtp-url".into(),
         smtp_url().into(),
         "--poll-ms".into(),

@@ -1078,3 +1078,150 @@ fn rss_kib(field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The `x-error-code` of a failed call.
+fn error_code(e: &tonic::Status) -> Option<String> {
+    proto::meta::error_code(e).map(str::to_owned)
+}
+
+/// Push endpoints are a way into the network (SSRF, security review H-1).
+/// A user has at most `--max-subscriptions-per-user` (the oldest goes).
+/// Registration refuses every endpoint that is not https on an allowed
+/// push-service host resolving only to public addresses; and subscriptions
+/// that point inside anyway (stored before a policy was narrowed, or a name
+/// that re-resolved inside: DNS rebinding) are never contacted: the worker
+/// checks the URL and the client resolves through the address filter.
+#[tokio::test]
+async fn push_endpoints_inside_the_network_are_refused_and_never_contacted() -> Result<()> {
+    let mut s = Stack::start(&[
+        "--push-max-attempts",
+        "1",
+        "--max-subscriptions-per-user",
+        "3",
+    ])
+    .await?;
+    let c = &s.svc.commands;
+    let (ann, _) = register(c, "ann").await?;
+    let (bob, _) = register(c, "bob").await?;
+    let bob_s = bob.to_string();
+
+    // The cap: a fourth subscription replaces the oldest.
+    let mut client = s.client().await?;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(subscribe(&mut client, bob, &s.push.subscribe()?).await?);
+    }
+    let listed: Vec<String> = client
+        .list_subscriptions(as_user(&bob_s, pb::ListSubscriptionsRequest {}))
+        .await?
+        .into_inner()
+        .subscriptions
+        .into_iter()
+        .map(|x| x.subscription_id)
+        .collect();
+    ensure!(listed == ids[1..], "kept {listed:?} of {ids:?}");
+    sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1")
+        .bind(bob.0)
+        .execute(s.pool())
+        .await?;
+
+    // The production address rule: the hosts below are allow-listed (so
+    // only the address check stands between them and the notifier), no
+    // private network is.
+    s.notifier.take().context("notifier")?.stop().await?;
+    let mut config = tests::notifier_support::config(&s.svc, &s.opts)?;
+    config.push_allowed_hosts = [
+        "localhost:*",
+        "127.0.0.1:*",
+        "[::1]:*",
+        "10.1.2.3:*",
+        "169.254.169.254:*",
+    ]
+    .map(String::from)
+    .to_vec();
+    config.push_allowed_networks = Vec::new();
+    s.notifier = Some(RunningNotifier::start_with(config).await?);
+    let mut client = s.client().await?;
+
+    let (b1, b2) = (s.push.subscribe()?, s.push.subscribe()?);
+    let port = b1
+        .endpoint
+        .strip_prefix("https://localhost:")
+        .and_then(|r| r.split('/').next())
+        .context("push endpoint shape")?
+        .to_owned();
+    let inside = format!("https://127.0.0.1:{port}/push/{}", b2.token);
+    for endpoint in [
+        b1.endpoint.clone(),
+        inside.clone(),
+        format!("https://[::1]:{port}/push/x"),
+        "https://10.1.2.3/push/x".into(),
+        "https://169.254.169.254/latest/meta-data".into(),
+        "http://fcm.googleapis.com/fcm/send/x".into(),
+        "https://push.evil.test/x".into(),
+    ] {
+        let e = client
+            .create_subscription(as_user(
+                &bob_s,
+                pb::CreateSubscriptionRequest {
+                    endpoint: endpoint.clone(),
+                    p256dh: b1.p256dh.clone(),
+                    auth: b1.auth.clone(),
+                },
+            ))
+            .await
+            .err()
+            .with_context(|| format!("{endpoint} accepted"))?;
+        ensure!(
+            error_code(&e).as_deref() == Some("validation_failed"),
+            "{endpoint}: {e:?}"
+        );
+    }
+    ensure!(s.push.received().is_empty(), "registration contacted them");
+
+    // Stored anyway: by name (the resolver filters) and by IP literal (the
+    // worker's check refuses).
+    for (endpoint, b) in [(&b1.endpoint, &b1), (&inside, &b2)] {
+        sqlx::query(
+            "INSERT INTO push_subscriptions (subscription_id, user_id, endpoint, p256dh, auth) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(bob.0)
+        .bind(endpoint)
+        .bind(b.p256dh.trim_end_matches('='))
+        .bind(b.auth.trim_end_matches('='))
+        .execute(s.pool())
+        .await?;
+    }
+    let conv = group(c, ann, "Inside", &[bob]).await?;
+    send(c, ann, &conv, "knock knock").await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = count(
+            s.pool(),
+            "SELECT count(*) FROM push_deliveries WHERE user_id = $1",
+            bob,
+        )
+        .await?;
+        if rows == 2 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{rows} pushes queued for bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_pushes_final(s.pool()).await?;
+    let failed = count(
+        s.pool(),
+        "SELECT count(*) FROM push_deliveries WHERE user_id = $1 AND state = 'failed'",
+        bob,
+    )
+    .await?;
+    ensure!(failed == 2, "{failed} of bob's 2 pushes failed");
+    ensure!(
+        s.push.received().is_empty(),
+        "the notifier reached the push service on loopback: {:?}",
+        s.push.received().len()
+    );
+    s.stop().await
+}
