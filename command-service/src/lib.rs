@@ -151,11 +151,17 @@ impl Application {
             })
         });
         tracing::info!(addr = %self.addr, "command-service listening (mTLS)");
+        // Role grants decide who reads every message (auditors): only an
+        // operator certificate may ask, never the gateway acting for users.
         let server = self
             .server
             .add_service(CommandServiceServer::new(grpc::CommandGrpc::new(
                 self.commands,
             )))
+            .operator_methods(&[
+                "/messenger.command.v1.CommandService/GrantRole",
+                "/messenger.command.v1.CommandService/RevokeRole",
+            ])
             .serve(stop.triggered_owned());
         let server = tokio::spawn(server);
         shutdown.await;

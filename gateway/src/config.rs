@@ -16,14 +16,20 @@ pub struct Config {
     /// is a loopback one (behind a TLS-terminating proxy on the same host).
     #[arg(long, env = "GATEWAY_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
     pub plaintext: bool,
-    /// Directory with `ca.pem` and the gateway's `NAME.pem`/`NAME.key`:
-    /// the HTTPS certificate and the client certificate for mutual TLS to
-    /// the services.
+    /// Directory with `ca.pem` and the gateway's certificates (`NAME.pem`,
+    /// `NAME.key`): its client identity for mutual TLS to the services, and
+    /// its public HTTPS certificate.
     #[command(flatten)]
     pub pki: infra::cli::PkiArgs,
-    /// Certificate name of the gateway inside the PKI directory.
+    /// Name of the gateway's client certificate (mutual TLS to the
+    /// services, which let only this identity act for users).
     #[arg(long, env = "GATEWAY_TLS_NAME", default_value = "gateway")]
     pub tls_name: String,
+    /// Name of the public HTTPS certificate. A separate key from the client
+    /// identity: the HTTPS key faces the internet (and may sit in a
+    /// terminating proxy), the client key opens every service.
+    #[arg(long, env = "GATEWAY_HTTPS_NAME", default_value = "gateway-https")]
+    pub https_name: String,
     /// command-service gRPC endpoint (mutual TLS).
     #[arg(
         long,
@@ -114,6 +120,27 @@ pub struct Config {
     /// seconds (reaps half-open connections).
     #[arg(long, env = "GATEWAY_WS_IDLE_SECS", default_value_t = 60)]
     pub ws_idle_secs: u64,
+    /// How long a new WebSocket may take to send its `hello`, seconds:
+    /// unauthenticated sockets cost memory and are not rate-limited
+    /// otherwise, so this is short.
+    #[arg(long, env = "GATEWAY_WS_HELLO_SECS", default_value_t = 10)]
+    pub ws_hello_secs: u64,
+    /// How long a client may take to send a request's headers (and how long
+    /// an idle keep-alive connection stays open), seconds: a client that
+    /// never finishes its headers (slowloris) is cut off after this.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Deadline of every gRPC call to the services, seconds: a stuck
+    /// service answers 503 instead of holding the request (and its
+    /// connection) forever.
+    #[arg(long, env = "GATEWAY_GRPC_TIMEOUT_SECS", default_value_t = 30)]
+    pub grpc_timeout_secs: u64,
+    /// Furthest back a `hello.cursor` may resume, in log positions: a
+    /// replay costs the database work proportional to the positions it
+    /// covers, so an older cursor (cursor 0 of a long history) is refused
+    /// with `cursor_too_old` and the client re-syncs through REST.
+    #[arg(long, env = "GATEWAY_WS_RESUME_WINDOW", default_value_t = 1_000_000)]
+    pub ws_resume_window: i64,
     /// Largest accepted WebSocket frame, bytes.
     #[arg(long, env = "GATEWAY_WS_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub ws_max_frame_bytes: usize,

@@ -82,6 +82,7 @@ fn channel(config: &Config, url: &str, server_name: &str) -> anyhow::Result<Chan
         .with_context(|| format!("parsing {url}"))?
         .tls_config(tls)?
         .tcp_nodelay(true)
+        .timeout(Duration::from_secs(config.grpc_timeout_secs.max(1)))
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy())
@@ -124,7 +125,7 @@ impl Application {
                 let path = config
                     .pki
                     .pki_dir
-                    .join(format!("{}.{ext}", config.tls_name));
+                    .join(format!("{}.{ext}", config.https_name));
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
             };
             Some((read("pem")?, read("key")?))
@@ -190,30 +191,50 @@ impl Application {
                 handle.graceful_shutdown(Some(grace));
             });
         }
+        let header_read = Duration::from_secs(self.state.config.header_read_timeout_secs.max(1));
         tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "gateway listening");
         match self.tls {
             Some((cert, key)) => {
                 let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
                     .await
                     .context("loading the HTTPS certificate")?;
-                axum_server::from_tcp_rustls(self.listener, tls)
-                    .context("serving HTTPS on the listener")?
-                    .handle(handle)
-                    .serve(app)
-                    .await?;
+                let mut server = axum_server::from_tcp_rustls(self.listener, tls)
+                    .context("serving HTTPS on the listener")?;
+                http_timeouts(server.http_builder(), header_read);
+                server.handle(handle).serve(app).await?;
             }
             None => {
-                axum_server::from_tcp(self.listener)
-                    .context("serving HTTP on the listener")?
-                    .handle(handle)
-                    .serve(app)
-                    .await?;
+                let mut server =
+                    axum_server::from_tcp(self.listener).context("serving HTTP on the listener")?;
+                http_timeouts(server.http_builder(), header_read);
+                server.handle(handle).serve(app).await?;
             }
         }
         self.state.ws.quit().await;
         self.state.redis.quit().await.ok();
         Ok(())
     }
+}
+
+/// Connection timeouts hyper applies only when it has a timer, which
+/// axum-server does not give it: without one, a client that never finishes
+/// its headers holds its connection forever (security review M-6). HTTP/1:
+/// the headers of each request (the first, and the next on a kept-alive
+/// connection) within `header_read`. HTTP/2: keep-alive pings, and a peer
+/// that does not answer them is dropped.
+fn http_timeouts(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_read: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(header_read);
 }
 
 /// Every route and layer.
@@ -234,9 +255,43 @@ pub fn router(state: AppState) -> Router {
             count_requests,
         ))
         .layer(axum::middleware::from_fn(close_if_body_unread))
+        .layer(axum::middleware::map_response(security_headers))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Headers every response carries unless its route set its own (security
+/// review L-1): HTTPS only from now on (HSTS; ignored by browsers over
+/// plain HTTP), no MIME sniffing, no framing, no referrer, a CSP that lets
+/// an API response load nothing, and no caching (responses carry tokens
+/// and private messages).
+async fn security_headers(mut response: Response) -> Response {
+    use axum::http::header::{
+        CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY,
+        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    use axum::http::HeaderValue;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000; includeSubDomains",
+        ),
+        (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (X_FRAME_OPTIONS, "DENY"),
+        (REFERRER_POLICY, "no-referrer"),
+        (
+            CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (CACHE_CONTROL, "no-store"),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

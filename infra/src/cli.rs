@@ -117,6 +117,25 @@ pub struct GrpcArgs {
     /// default: it tells any caller holding a certificate the whole API.
     #[arg(long, env = "MESSENGER_GRPC_REFLECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub grpc_reflection: bool,
+    /// Client-certificate names (DNS SAN or common name) that may call the
+    /// user-facing RPCs and assert the acting user (`x-user-id`): the
+    /// gateways. Every other certificate of the CA is refused
+    /// (`PERMISSION_DENIED`) except for health and reflection.
+    #[arg(
+        long,
+        env = "MESSENGER_GRPC_GATEWAY_NAMES",
+        value_delimiter = ',',
+        default_value = "gateway"
+    )]
+    pub grpc_gateway_names: Vec<String>,
+    /// Client-certificate names that may call operator RPCs (role grants).
+    #[arg(
+        long,
+        env = "MESSENGER_GRPC_OPERATOR_NAMES",
+        value_delimiter = ',',
+        default_value = "operator"
+    )]
+    pub grpc_operator_names: Vec<String>,
 }
 
 #[cfg(test)]

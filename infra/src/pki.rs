@@ -5,10 +5,10 @@
 //! | file | what it is |
 //! |---|---|
 //! | `ca.pem`, `ca.key` | a self-signed CA, valid 10 years; services trust it for mTLS |
-//! | `NAME.pem`, `NAME.key` | a leaf signed by that CA for each name, valid for **both** TLS server and client authentication, with the SANs `localhost`, `127.0.0.1`, `::1` and `NAME` |
+//! | `NAME.pem`, `NAME.key` | a leaf signed by that CA for each name, with the SANs `localhost`, `127.0.0.1`, `::1` and `NAME`; valid for TLS client authentication only (`gateway`, `operator`, `client`), server authentication only (the services and `gateway-https`), or both (any other name) |
 //!
 //! Keys are ECDSA P-256 in PKCS#8 PEM, written with mode `0600`; files appear
-//! atomically (written aside, then renamed). Existing files are kept, so
+//! atomically (written aside, then renamed). Existing files are kept (unless a leaf's usages are outdated), so
 //! running it again is a no-op, unless [`Existing::Replace`] is asked for.
 //! When the CA has to be (re)created, every requested leaf is re-issued with
 //! it, since leaves of an older CA would no longer chain.
@@ -30,15 +30,69 @@ use rcgen::{
 };
 
 /// The names `messenger-pki` issues certificates for when none is given:
-/// every service, plus `client` for tools and tests calling a service.
+/// every service; `gateway-https`, the gateway's public HTTPS certificate
+/// (not its client identity); `operator`, for operator RPCs such as role
+/// grants; and `client` for tools (health checks, reflection).
 pub const DEFAULT_NAMES: &[&str] = &[
     "command-service",
     "query-service",
     "projector",
     "notifier",
     "gateway",
+    "gateway-https",
+    "operator",
     "client",
 ];
+
+/// Names whose certificate is only ever a TLS client: the gateway (to the
+/// services), the operator and tools. Their leaves carry only ClientAuth.
+const CLIENT_ONLY: &[&str] = &["gateway", "operator", "client"];
+/// Names that only ever serve: the services no one's client is (they call
+/// no other service) and the gateway's HTTPS listener. ServerAuth only, so
+/// a stolen service key cannot even open a connection as a client.
+const SERVER_ONLY: &[&str] = &[
+    "command-service",
+    "query-service",
+    "projector",
+    "notifier",
+    "gateway-https",
+];
+
+/// Whether an existing leaf was issued with other usages than [`purposes`]
+/// gives its name now (a directory from before the split into client-only
+/// and server-only certificates): it is then issued again, by the same CA.
+/// An unreadable file counts as outdated.
+fn outdated(cert_path: &Path, name: &str) -> bool {
+    let Ok(pem) = fs::read(cert_path) else {
+        return true;
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return true;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return true;
+    };
+    let Ok(Some(eku)) = cert.extended_key_usage() else {
+        return true;
+    };
+    let want = purposes(name);
+    eku.value.server_auth != want.contains(&ExtendedKeyUsagePurpose::ServerAuth)
+        || eku.value.client_auth != want.contains(&ExtendedKeyUsagePurpose::ClientAuth)
+}
+
+/// What a leaf named `name` may be used for (other names: both).
+fn purposes(name: &str) -> Vec<ExtendedKeyUsagePurpose> {
+    if CLIENT_ONLY.contains(&name) {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    } else if SERVER_ONLY.contains(&name) {
+        vec![ExtendedKeyUsagePurpose::ServerAuth]
+    } else {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    }
+}
 
 /// File name of the CA certificate inside the PKI directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -103,7 +157,7 @@ pub fn generate_with(dir: &Path, names: &[&str], existing: Existing) -> Result<V
         let cert_path = dir.join(format!("{name}.pem"));
         let key_path = dir.join(format!("{name}.key"));
         let present = cert_path.exists() && key_path.exists();
-        if present && !ca_is_new && existing == Existing::Keep {
+        if present && !ca_is_new && existing == Existing::Keep && !outdated(&cert_path, name) {
             continue;
         }
         let key = KeyPair::generate().with_context(|| format!("generating the key of {name}"))?;
@@ -186,10 +240,7 @@ fn leaf_params(name: &str) -> Result<CertificateParams> {
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = purposes(name);
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params)?;
     Ok(params)
@@ -291,10 +342,29 @@ mod tests {
 
     /// Verifies `leaf` against `ca` the way rustls does on each side of a
     /// mutual TLS connection: chain, validity, extended key usage, and name.
+    /// Verifies `leaf` against `ca` for the usages its name should have
+    /// (see [`purposes`]), and checks that it is refused for the others.
     fn verify(ca: &CertificateDer<'_>, leaf: &CertificateDer<'_>, name: &str) -> Result<()> {
         let anchors = [anchor_from_trusted_cert(ca)?];
         let ee = EndEntityCert::try_from(leaf)?;
-        for usage in [KeyUsage::server_auth(), KeyUsage::client_auth()] {
+        let (server, client) = (!CLIENT_ONLY.contains(&name), !SERVER_ONLY.contains(&name));
+        for (usage, expected) in [
+            (KeyUsage::server_auth(), server),
+            (KeyUsage::client_auth(), client),
+        ] {
+            let got = ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &[],
+                UnixTime::now(),
+                usage,
+                None,
+                None,
+            );
+            if !expected {
+                ensure!(got.is_err(), "{name} is valid for a usage it must not have");
+                continue;
+            }
             ee.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &anchors,
@@ -326,6 +396,10 @@ mod tests {
         assert_eq!(written, [dir.join("client.pem"), dir.join("client.key")]);
         assert_eq!(fs::read(dir.join("gateway.key"))?, before);
         verify(&ca, &cert(dir, "client.pem"), "client")?;
+        // Server-only and dual-use names.
+        generate_with(dir, &["notifier", "custom-service"], Existing::Keep)?;
+        verify(&ca, &cert(dir, "notifier.pem"), "notifier")?;
+        verify(&ca, &cert(dir, "custom-service.pem"), "custom-service")?;
 
         #[cfg(unix)]
         {

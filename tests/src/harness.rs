@@ -193,9 +193,15 @@ impl CommandService {
         })
     }
 
-    /// A gRPC client presenting the `client` certificate.
+    /// A gRPC client presenting the `gateway` certificate: the identity
+    /// the service lets act for users.
     pub async fn client(&self) -> anyhow::Result<CommandServiceClient<Channel>> {
-        self.client_as("client").await
+        self.client_as("gateway").await
+    }
+
+    /// A gRPC client presenting the `operator` certificate (role grants).
+    pub async fn operator(&self) -> anyhow::Result<CommandServiceClient<Channel>> {
+        self.client_as("operator").await
     }
 
     /// A gRPC client presenting certificate `name` from the test PKI.

@@ -3,7 +3,7 @@
 //! as browser + push service.
 //!
 //! The push service is a real HTTPS server (axum over tokio-rustls, with
-//! the `gateway` certificate of the test PKI, which covers `localhost`);
+//! the `gateway-https` certificate of the test PKI, which covers `localhost`);
 //! the notifier trusts the test CA through `--push-extra-ca-file`. For each
 //! request it checks what a push service checks (RFC 8030 headers, the
 //! RFC 8292 VAPID JWT's ES256 signature against `k=` and its `aud`, `exp`,
@@ -190,9 +190,15 @@ impl RunningNotifier {
         })
     }
 
-    /// A gRPC client presenting the `client` certificate.
+    /// A gRPC client presenting the `gateway` certificate (the identity
+    /// allowed to act for users).
     pub async fn client(&self) -> Result<NotifierServiceClient<Channel>> {
-        let tls = infra::tls::client(pki(), "client", "localhost")?;
+        self.client_as("gateway").await
+    }
+
+    /// A gRPC client presenting certificate `name` from the test PKI.
+    pub async fn client_as(&self, name: &str) -> Result<NotifierServiceClient<Channel>> {
+        let tls = infra::tls::client(pki(), name, "localhost")?;
         let channel = Endpoint::from_shared(format!("https://localhost:{}", self.addr.port()))?
             .tls_config(tls)?
             .connect()
@@ -454,11 +460,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn server_tls() -> Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     let dir = pki();
-    let certs = rustls_pki_types::pem::PemObject::pem_file_iter(dir.join("gateway.pem"))
+    let certs = rustls_pki_types::pem::PemObject::pem_file_iter(dir.join("gateway-https.pem"))
         .context("reading the push service certificate")?
         .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()?;
     let key = <rustls_pki_types::PrivateKeyDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_file(
-        dir.join("gateway.key"),
+        dir.join("gateway-https.key"),
     )
     .context("reading the push service key")?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(

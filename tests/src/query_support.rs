@@ -94,9 +94,10 @@ impl QueryService {
         })
     }
 
-    /// A gRPC client presenting the `client` certificate.
+    /// A gRPC client presenting the `gateway` certificate (the identity
+    /// allowed to act for users).
     pub async fn client(&self) -> anyhow::Result<QueryServiceClient<Channel>> {
-        Ok(QueryServiceClient::new(self.channel("client").await?))
+        Ok(QueryServiceClient::new(self.channel("gateway").await?))
     }
 
     /// A channel presenting certificate `name` from the test PKI.

@@ -265,11 +265,13 @@ async fn every_command_over_mtls_lands_in_the_store_and_on_kafka_in_order() -> R
         new_password: "bob-password-2".into(),
     })
     .await?;
-    c.grant_role(pb::GrantRoleRequest {
-        user_id: cat.clone(),
-        role: "auditor".into(),
-    })
-    .await?;
+    svc.operator()
+        .await?
+        .grant_role(pb::GrantRoleRequest {
+            user_id: cat.clone(),
+            role: "auditor".into(),
+        })
+        .await?;
 
     assert_eq!(
         stream_types(&svc.pool, "conversation", &g).await?,
@@ -726,6 +728,73 @@ async fn reset_tokens_work_once() -> Result<()> {
     svc.stop().await
 }
 
+/// Only the latest reset token works, and a password change spends the
+/// open ones (security review L-3): a token mailed earlier must not
+/// outlive a newer request or the password it was meant to replace.
+#[tokio::test]
+async fn newer_requests_and_password_changes_spend_open_reset_tokens() -> Result<()> {
+    let svc = CommandService::start(CommandServiceOptions::default()).await?;
+    let mut c = svc.client().await?;
+    let ann = register(&mut c, "ann").await?;
+    let request = || {
+        let mut c = c.clone();
+        async move {
+            c.request_password_reset(pb::RequestPasswordResetRequest {
+                email: "ann@example.org".into(),
+            })
+            .await?
+            .into_inner()
+            .token
+            .context("token")
+        }
+    };
+    let first = request().await?;
+    let second = request().await?;
+    let stale = c
+        .complete_password_reset(pb::CompletePasswordResetRequest {
+            token: first,
+            new_password: "brand-new-pass".into(),
+        })
+        .await
+        .err()
+        .context("an older token still worked")?;
+    assert_eq!(
+        code_of(&stale),
+        (Code::FailedPrecondition, "invalid_token".into())
+    );
+    let open = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM password_reset_tokens WHERE user_id = $1::uuid AND used_at IS NULL",
+        )
+        .bind(&ann)
+        .fetch_one(&svc.pool)
+        .await
+    };
+    assert_eq!(open().await?, 1, "only the latest token is open");
+    c.change_password(as_user(
+        &ann,
+        pb::ChangePasswordRequest {
+            current_password: "ann-password".into(),
+            new_password: "ann-password-2".into(),
+        },
+    ))
+    .await?;
+    assert_eq!(open().await?, 0, "the change left a token open");
+    let spent = c
+        .complete_password_reset(pb::CompletePasswordResetRequest {
+            token: second,
+            new_password: "brand-new-pass".into(),
+        })
+        .await
+        .err()
+        .context("a token outlived the password change")?;
+    assert_eq!(
+        code_of(&spent),
+        (Code::FailedPrecondition, "invalid_token".into())
+    );
+    svc.stop().await
+}
+
 #[tokio::test]
 async fn clients_without_a_ca_signed_certificate_are_refused() -> Result<()> {
     let svc = CommandService::start(CommandServiceOptions {
@@ -806,6 +875,118 @@ async fn clients_without_a_ca_signed_certificate_are_refused() -> Result<()> {
         health.into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    svc.stop().await
+}
+
+/// `Ok` when the call was refused with PERMISSION_DENIED.
+fn denied<T: std::fmt::Debug>(
+    r: std::result::Result<tonic::Response<T>, tonic::Status>,
+) -> Result<()> {
+    match r {
+        Err(e) if e.code() == Code::PermissionDenied => Ok(()),
+        other => Err(anyhow::anyhow!("not refused: {other:?}")),
+    }
+}
+
+/// Every certificate of the CA completes the handshake, but only the
+/// gateway's may act for a user or call the account RPCs, and only an
+/// operator's may grant roles (security review H-2). The service
+/// certificates are server-only: with one, a stolen projector or notifier
+/// key cannot even connect as a client.
+#[tokio::test]
+async fn only_the_gateway_acts_for_users_and_only_operators_grant_roles() -> Result<()> {
+    let svc = CommandService::start(CommandServiceOptions {
+        relay: false,
+        ..Default::default()
+    })
+    .await?;
+    let mut gateway = svc.client().await?;
+    let ann = register(&mut gateway, "ann").await?;
+    let g = group(&mut gateway, &ann, &[]).await?;
+    let before = event_count(&svc.pool).await?;
+
+    // A client certificate of the CA that is not the gateway's: refused
+    // per RPC, before any work.
+    let mut tool = svc.client_as("client").await?;
+    denied(
+        tool.request_password_reset(pb::RequestPasswordResetRequest {
+            email: "ann@example.org".into(),
+        })
+        .await,
+    )?;
+    denied(
+        tool.register_user(pb::RegisterUserRequest {
+            email: "mallory@example.org".into(),
+            username: "mallory".into(),
+            password: "mallory-password".into(),
+            display_name: None,
+        })
+        .await,
+    )?;
+    denied(
+        tool.verify_password(pb::VerifyPasswordRequest {
+            login: "ann".into(),
+            password: "ann-password".into(),
+        })
+        .await,
+    )?;
+    denied(
+        tool.send_message(as_user(
+            &ann,
+            pb::SendMessageRequest {
+                conversation_id: g.clone(),
+                client_msg_id: uuid::Uuid::now_v7().to_string(),
+                body: "forged".into(),
+            },
+        ))
+        .await,
+    )?;
+    denied(
+        tool.grant_role(pb::GrantRoleRequest {
+            user_id: ann.clone(),
+            role: "auditor".into(),
+        })
+        .await,
+    )?;
+    // The gateway acts for users but grants no role; the operator does.
+    denied(
+        gateway
+            .grant_role(pb::GrantRoleRequest {
+                user_id: ann.clone(),
+                role: "auditor".into(),
+            })
+            .await,
+    )?;
+    assert_eq!(
+        event_count(&svc.pool).await?,
+        before,
+        "a refused call wrote"
+    );
+    svc.operator()
+        .await?
+        .grant_role(pb::GrantRoleRequest {
+            user_id: ann.clone(),
+            role: "auditor".into(),
+        })
+        .await?;
+    assert_eq!(event_count(&svc.pool).await?, before + 1);
+    // The services' own certificates are not client certificates at all.
+    for name in ["projector", "notifier", "query-service", "gateway-https"] {
+        let refused = match svc.client_as(name).await {
+            Ok(mut c) => c
+                .request_password_reset(pb::RequestPasswordResetRequest {
+                    email: "ann@example.org".into(),
+                })
+                .await
+                .err()
+                .map(|e| e.code()),
+            Err(_) => Some(Code::Unavailable),
+        };
+        assert!(
+            refused.is_some() && refused != Some(Code::PermissionDenied),
+            "{name}: the handshake must fail, got {refused:?}"
+        );
+    }
     svc.stop().await
 }
 

@@ -526,7 +526,7 @@ async fn schemathesis_finds_no_server_error_and_nothing_undocumented() -> Result
     let alice = p.user("fuzz_alice").await?;
     let bob = p.user("fuzz_bob").await?;
     p.commands
-        .client()
+        .operator()
         .await?
         .grant_role(proto::command::v1::GrantRoleRequest {
             user_id: alice.user_id.clone(),

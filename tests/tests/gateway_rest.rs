@@ -771,7 +771,7 @@ async fn audit_requires_the_auditor_role_and_pages_in_order() -> Result<()> {
         .problem(403, "forbidden", "stream without the role")?;
 
     p.commands
-        .client()
+        .operator()
         .await?
         .grant_role(proto::command::v1::GrantRoleRequest {
             user_id: alice.user_id.clone(),

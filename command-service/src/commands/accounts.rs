@@ -178,6 +178,11 @@ impl Commands {
         let side: SideWrite<'_, _> = Box::new(move |conn: &mut PgConnection, _: &[Appended<_>]| {
             let hash = hash.clone();
             async move {
+                // Only the latest token works: earlier ones are spent.
+                sqlx::query("UPDATE password_reset_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL")
+                    .bind(user.0)
+                    .execute(&mut *conn)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
                 )
@@ -298,8 +303,9 @@ impl Commands {
     }
 }
 
-/// Side write for password changes: replaces the hash and, for a reset,
-/// spends the presented token (exactly once) and every other open token.
+/// Side write for password changes: replaces the hash, spends every open
+/// reset token of the user and, for a reset, checks that the presented
+/// one was still open (exactly once).
 fn set_password(
     user: UserId,
     new_hash: String,
@@ -319,11 +325,14 @@ fn set_password(
                 if spent.rows_affected() != 1 {
                     return Err(StoreError::Precondition("token_spent"));
                 }
-                sqlx::query("UPDATE password_reset_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL")
-                    .bind(user.0)
-                    .execute(&mut *conn)
-                    .await?;
             }
+            // Every other open token dies with the old password, on a
+            // reset and on a change alike (security review L-3): a token
+            // mailed before the change must not outlive it.
+            sqlx::query("UPDATE password_reset_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL")
+                .bind(user.0)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query("UPDATE credentials SET password_hash = $2, updated_at = now() WHERE user_id = $1")
                 .bind(user.0)
                 .bind(new_hash)

@@ -30,10 +30,11 @@
 //! | 1002 | `protocol error` | a WebSocket protocol violation (RFC 6455) |
 //! | 1007 | `text frame is not UTF-8` | a text frame whose payload is not UTF-8 |
 //! | 1008 | `cursor ahead of the log` | `hello.cursor` beyond the head of the event log (after an error frame `cursor_ahead`): reconnect without a cursor |
+//! | 1008 | `cursor too old` | `hello.cursor` more than `GATEWAY_WS_RESUME_WINDOW` positions behind the head (after an error frame `cursor_too_old`): re-sync through REST, reconnect without a cursor |
 //! | 1009 | `frame too large` | a frame beyond the hard limit (4 × `GATEWAY_WS_MAX_FRAME_BYTES`, at least 64 KiB); frames above `GATEWAY_WS_MAX_FRAME_BYTES` but under it get an error frame and the socket stays open |
 //! | 1013 | `try again later` | query-service unavailable during hello/resume |
 //! | 4401 | `unauthenticated` / `session revoked` | authentication failed, or the session was revoked (logout, password change) while the socket was open |
-//! | 4408 | `idle timeout` | no frame (not even a pong) for `GATEWAY_WS_IDLE_SECS` |
+//! | 4408 | `idle timeout` | no frame (not even a pong) for `GATEWAY_WS_IDLE_SECS`, or no `hello` within `GATEWAY_WS_HELLO_SECS` |
 //!
 //! # Cursors
 //!

@@ -23,6 +23,10 @@ pub(super) const BAD_CURSOR: CloseReason = CloseReason {
     code: 1008,
     reason: "cursor ahead of the log",
 };
+pub(super) const OLD_CURSOR: CloseReason = CloseReason {
+    code: 1008,
+    reason: "cursor too old",
+};
 pub(super) const INVALID_TEXT: CloseReason = CloseReason {
     code: 1007,
     reason: "text frame is not UTF-8",

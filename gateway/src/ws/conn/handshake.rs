@@ -23,7 +23,7 @@ impl Conn {
         stream: &mut SplitStream<WebSocket>,
         header: Option<AuthUser>,
     ) -> Result<(AuthUser, Option<i64>), CloseReason> {
-        let deadline = Instant::now() + Duration::from_secs(self.state.config.ws_idle_secs.max(1));
+        let deadline = Instant::now() + Duration::from_secs(self.state.config.ws_hello_secs.max(1));
         let max = self.state.config.ws_max_frame_bytes;
         let text = loop {
             let msg = tokio::select! {

@@ -9,7 +9,7 @@ use proto::query::v1 as q;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::close::{BAD_CURSOR, GONE, TRY_AGAIN};
+use super::close::{BAD_CURSOR, GONE, OLD_CURSOR, TRY_AGAIN};
 use super::live::Seen;
 use super::{Conn, Step};
 use crate::auth::sessions;
@@ -178,10 +178,12 @@ impl Conn {
                 self.hub.reset_head();
                 match self.replay(0, false).await {
                     Ok(p) => Ok(p),
-                    Err(Replay::CursorAhead) => Err(TRY_AGAIN),
+                    // (TooOld only comes from a delivering replay.)
+                    Err(Replay::CursorAhead | Replay::TooOld) => Err(TRY_AGAIN),
                     Err(Replay::Closed(r)) => Err(r),
                 }
             }
+            Err(Replay::TooOld) => Err(TRY_AGAIN),
             Err(Replay::Closed(r)) => Err(r),
             Ok(p) => Ok(p),
         }
@@ -189,8 +191,15 @@ impl Conn {
 
     /// Pages the replay from the client's cursor `from`, sending the frames.
     async fn resume(&mut self, from: i64) -> Result<i64, CloseReason> {
+        // Known too old from the head this gateway has seen: refused
+        // before any query (security review M-7). A stale hint lets an old
+        // cursor start; the replay's own count stops it.
+        if self.hub.head().saturating_sub(from) > self.state.config.ws_resume_window {
+            return Err(self.cursor_too_old().await);
+        }
         match self.replay(from, true).await {
             Ok(p) => Ok(p),
+            Err(Replay::TooOld) => Err(self.cursor_too_old().await),
             // Never a position anyone was given: refused, and it never
             // reaches the hub's head hint (where it would become every
             // later socket's starting point).
@@ -204,6 +213,21 @@ impl Conn {
                 Err(BAD_CURSOR)
             }
             Err(Replay::Closed(r)) => Err(r),
+        }
+    }
+
+    async fn cursor_too_old(&mut self) -> CloseReason {
+        let sent = self
+            .emit(frames::error_frame(
+                "cursor_too_old",
+                "the cursor is too far behind the head of the event log; \
+                 re-sync through the REST API and reconnect without a cursor",
+                None,
+            ))
+            .await;
+        match sent {
+            Ok(()) => OLD_CURSOR,
+            Err(r) => r,
         }
     }
 
@@ -235,6 +259,9 @@ impl Conn {
             pages += 1;
             if !deliver && pages >= HEAD_LOOKUP_PAGES {
                 break;
+            }
+            if deliver && after - from > self.state.config.ws_resume_window {
+                return Err(Replay::TooOld);
             }
             if page.waiting_for_projection {
                 if Instant::now() > deadline {
@@ -363,6 +390,8 @@ impl Conn {
 enum Replay {
     /// query-service refused the start position: beyond the head.
     CursorAhead,
+    /// The replay covered more than the resume window and is not done.
+    TooOld,
     /// The socket is to close with this reason (the client was told why).
     Closed(CloseReason),
 }
