@@ -195,3 +195,71 @@ async fn a_resume_from_far_back_is_refused_cheaply() -> Result<()> {
     ensure!(ready["type"] == "ready", "a recent cursor: {ready}");
     p.stop().await
 }
+
+/// M-1: an open socket does not outlive its access token or its session.
+/// It closes with `token_expired` (4401) when the token expires unless the
+/// client sent a `reauth` frame with a fresh token of the same session;
+/// and a session that ends without a revocation message reaching the
+/// gateway (here its key is deleted behind the gateway's back) is noticed
+/// by the periodic re-check.
+#[tokio::test]
+async fn sockets_close_at_token_expiry_and_when_the_session_ends_silently() -> Result<()> {
+    let p = platform(&["--access-ttl-secs", "5", "--presence-ttl-secs", "3"]).await?;
+
+    // bob's session ends without a message on the revocation channel.
+    let bob = p.user("bob").await?;
+    let (mut silent, _) = hello(&p, &bob.access_token, None).await?;
+    let redis = tests::projector_support::redis().await?;
+    let key = format!("{}:session:{}", p.prefix, bob.session_id);
+    let removed: i64 = fred::prelude::KeysInterface::del(&redis, &key).await?;
+    ensure!(removed == 1, "no session key {key}");
+    let started = Instant::now();
+    let f = silent.next(T).await?;
+    ensure!(f["code"] == "session_revoked", "{f}");
+    ensure!(silent.closed(T).await? == Some(4401));
+    ensure!(started.elapsed() < Duration::from_secs(10));
+
+    // Tokens live 5 s from here.
+    let cat = p.user("cat").await?;
+    let ann = p.user("ann").await?;
+    let (mut lapsing, ready) = hello(&p, &ann.access_token, None).await?;
+    ensure!(ready["type"] == "ready", "{ready}");
+    let expires = chrono::DateTime::parse_from_rfc3339(
+        ready["expires_at"].as_str().context("ready.expires_at")?,
+    )?;
+    let (mut renewed, _) = hello(&p, &ann.access_token, None).await?;
+
+    // A refresh (same session) yields a fresh token for `reauth`.
+    let r = p
+        .http
+        .post(p.url("/v1/auth/refresh"))
+        .json(&json!({"refresh_token": ann.refresh_token}))
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 200, "refresh: {}", r.status());
+    let fresh: serde_json::Value = r.json().await?;
+    let fresh = fresh["access_token"].as_str().context("access_token")?;
+    // Someone else's token is refused and changes nothing.
+    renewed
+        .send(&json!({"type": "reauth", "access_token": cat.access_token}))
+        .await?;
+    let f = renewed.next(T).await?;
+    ensure!(f["code"] == "session_mismatch", "{f}");
+    renewed
+        .send(&json!({"type": "reauth", "access_token": fresh}))
+        .await?;
+    let f = renewed.next(T).await?;
+    ensure!(f["type"] == "reauthenticated", "{f}");
+    let later = chrono::DateTime::parse_from_rfc3339(f["expires_at"].as_str().context("exp")?)?;
+    ensure!(later >= expires, "{later} < {expires}");
+
+    // The socket without reauth closes at expiry, after telling why.
+    let f = lapsing.next(T).await?;
+    ensure!(f["code"] == "token_expired", "{f}");
+    ensure!(lapsing.closed(T).await? == Some(4401));
+    // The renewed one is still served.
+    renewed.send(&json!({"type": "ping"})).await?;
+    ensure!(renewed.next(T).await?["type"] == "pong");
+    let _ = fred::prelude::ClientLike::quit(&redis).await;
+    p.stop().await
+}

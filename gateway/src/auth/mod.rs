@@ -19,6 +19,8 @@ use crate::state::AppState;
 pub struct AuthUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    /// When the access token expires (Unix seconds).
+    pub expires_at: i64,
 }
 
 impl AuthUser {
@@ -55,6 +57,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
     Ok(AuthUser {
         user_id: claims.user_id,
         session_id: claims.session_id,
+        expires_at: claims.expires_at,
     })
 }
 

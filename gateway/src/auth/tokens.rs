@@ -28,6 +28,9 @@ const IMPLICIT: &[u8] = b"messenger-access-v1";
 pub struct AccessClaims {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    /// `exp` as Unix seconds: open WebSockets close then unless the client
+    /// re-authenticates.
+    pub expires_at: i64,
 }
 
 /// Why a token was refused (all answer 401; the distinction is for tests
@@ -174,9 +177,16 @@ impl Tokens {
                 .and_then(|s| Uuid::parse_str(s).ok())
                 .ok_or(TokenError::Invalid)
         };
+        let expires_at = claims
+            .get_claim("exp")
+            .and_then(|v| v.as_str())
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp())
+            .ok_or(TokenError::Invalid)?;
         Ok(AccessClaims {
             user_id: get("sub")?,
             session_id: get("sid")?,
+            expires_at,
         })
     }
 }
@@ -190,13 +200,14 @@ mod tests {
         let tokens = Tokens::generate(Duration::from_secs(60))?;
         let (u, s) = (Uuid::now_v7(), Uuid::now_v7());
         let t = tokens.issue(u, s)?;
+        let now = chrono::Utc::now().timestamp();
+        let claims = tokens.verify(&t);
         assert_eq!(
-            tokens.verify(&t),
-            Ok(AccessClaims {
-                user_id: u,
-                session_id: s
-            })
+            claims.as_ref().map(|c| (c.user_id, c.session_id)),
+            Ok((u, s))
         );
+        let exp = claims.map(|c| c.expires_at).unwrap_or_default();
+        assert!((now + 55..=now + 61).contains(&exp), "exp {exp}, now {now}");
         // Any change of a byte in the payload or signature is refused.
         let mut bytes = t.clone().into_bytes();
         let i = bytes.len() - 5;

@@ -51,12 +51,21 @@ pub struct Typing {
     pub conversation_id: String,
 }
 
+/// `reauth`: a fresh access token of the socket's session (after a
+/// refresh), sent before the current one expires.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reauth {
+    pub access_token: String,
+}
+
 /// A client frame.
 #[derive(Debug)]
 pub enum ClientFrame {
     Hello(Hello),
     Send(Send),
     Typing(Typing),
+    Reauth(Reauth),
     Ping,
 }
 
@@ -162,11 +171,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "typing" => serde_json::from_value(fields)
             .map(ClientFrame::Typing)
             .map_err(|e| FrameError::from_api(&typed(e), None)),
+        "reauth" => serde_json::from_value(fields)
+            .map(ClientFrame::Reauth)
+            .map_err(|e| FrameError::from_api(&typed(e), None)),
         "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::new(
             "unknown_frame_type",
             format!(
-                "unknown frame type {:?}; expected hello, send, typing or ping",
+                "unknown frame type {:?}; expected hello, send, typing, reauth or ping",
                 other.chars().take(40).collect::<String>()
             ),
         )),
@@ -178,14 +190,30 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
 /// larger one gets a `frame_too_large` error frame, one beyond the codec's
 /// hard limit closes the socket with 1009), so clients learn the limit
 /// where they read everything else.
-pub fn ready(user_id: &str, cursor: i64, max_frame_bytes: usize) -> String {
+///
+/// Also `expires_at` (RFC 3339): when the access token expires. The socket
+/// closes then (4401, after a `token_expired` error frame) unless the
+/// client sends a `reauth` frame with a fresh token of the same session.
+pub fn ready(user_id: &str, cursor: i64, max_frame_bytes: usize, expires_at: i64) -> String {
     json!({
         "type": "ready",
         "user_id": user_id,
         "cursor": cursor.to_string(),
         "max_frame_bytes": max_frame_bytes,
+        "expires_at": rfc3339(expires_at),
     })
     .to_string()
+}
+
+/// `{"type":"reauthenticated","expires_at"}`: a `reauth` was accepted.
+pub fn reauthenticated(expires_at: i64) -> String {
+    json!({"type": "reauthenticated", "expires_at": rfc3339(expires_at)}).to_string()
+}
+
+fn rfc3339(unix_secs: i64) -> String {
+    chrono::DateTime::from_timestamp(unix_secs, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `{"type":"ack","client_msg_id","message_id","seq"}`.

@@ -1,5 +1,5 @@
 //! `impl Conn`: the client's frames after `hello`: `send`, `typing`,
-//! `ping`.
+//! `reauth`, `ping`.
 
 use std::time::Duration;
 
@@ -69,6 +69,32 @@ impl Conn {
             }
             Ok(ClientFrame::Send(s)) => self.send(s).await,
             Ok(ClientFrame::Typing(t)) => self.typing(t).await,
+            Ok(ClientFrame::Reauth(r)) => self.reauth(&r.access_token).await,
+        }
+    }
+
+    /// Accepts a fresh access token of the same user and session (the
+    /// socket's revocation listener is keyed by the session): the socket
+    /// then lives until the new token expires. A refused token leaves the
+    /// socket as it was.
+    async fn reauth(&mut self, token: &str) -> Step {
+        let current = self.user()?;
+        match crate::auth::authenticate(&self.state, token).await {
+            Ok(fresh)
+                if fresh.user_id == current.user_id && fresh.session_id == current.session_id =>
+            {
+                self.user = Some(fresh);
+                self.emit(frames::reauthenticated(fresh.expires_at)).await
+            }
+            Ok(_) => {
+                self.emit(frames::error_frame(
+                    "session_mismatch",
+                    "reauth needs a token of the socket's own session",
+                    None,
+                ))
+                .await
+            }
+            Err(e) => self.emit(frames::api_error_frame(&e, None)).await,
         }
     }
 

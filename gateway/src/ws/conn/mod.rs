@@ -59,8 +59,9 @@ use tokio::time::Instant;
 use self::close::{GONE, IDLE, SHUTDOWN, UNAUTHENTICATED};
 use self::live::Seen;
 use self::writer::write_loop;
-use super::hub::{CloseReason, Hub, Kill, Listener, LiveFrame};
-use crate::auth::AuthUser;
+use super::frames;
+use super::hub::{self, CloseReason, Hub, Kill, Listener, LiveFrame};
+use crate::auth::{sessions, AuthUser};
 use crate::state::AppState;
 
 /// Frames between the connection task and the writer.
@@ -213,11 +214,13 @@ impl Conn {
             tokio::time::interval_at(Instant::now() + presence_every, presence_every);
         loop {
             let idle_at = self.last_heard + idle;
+            let expires_at = self.token_expiry()?;
             let wake = tokio::select! {
                 biased;
                 r = self.kill.fired() => return Err(r),
                 () = self.shutdown.triggered() => return Err(SHUTDOWN),
                 () = tokio::time::sleep_until(idle_at) => return Err(IDLE),
+                () = tokio::time::sleep_until(expires_at) => Wake::Expired,
                 m = stream.next() => Wake::Client(m),
                 Some(live) = self.live.recv() => Wake::Live(live),
                 Ok(()) = self.resyncs.changed() => Wake::Resync,
@@ -237,11 +240,55 @@ impl Conn {
                         tracing::debug!("ping skipped: outbound queue full");
                     }
                 }
-                Wake::Presence => self.presence(true).await,
+                Wake::Presence => {
+                    self.recheck_session().await?;
+                    self.presence(true).await;
+                }
+                Wake::Expired => {
+                    self.emit(frames::error_frame(
+                        "token_expired",
+                        "the access token has expired; send a reauth frame with a fresh one before it does",
+                        None,
+                    ))
+                    .await?;
+                    return Err(UNAUTHENTICATED);
+                }
                 Wake::Resync => {
                     let from = self.resyncs.borrow_and_update().1;
                     self.resync(from).await?;
                 }
+            }
+        }
+    }
+
+    /// When the socket's access token expires, on the monotonic clock.
+    fn token_expiry(&self) -> Result<Instant, CloseReason> {
+        let left = self.user()?.expires_at - chrono::Utc::now().timestamp();
+        Ok(Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    }
+
+    /// The session is checked again periodically (security review M-1):
+    /// a revocation whose pub/sub message was lost (published while the
+    /// hub reconnected, dropped on a lagging dispatch) or a session that
+    /// expired still closes the socket. A session store that does not
+    /// answer leaves it open (the next check retries).
+    async fn recheck_session(&mut self) -> Step {
+        let user = self.user()?;
+        let prefix = self.hub.prefix();
+        match sessions::is_active(&self.state.redis, prefix, user.session_id, user.user_id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.emit(frames::error_frame(
+                    "session_revoked",
+                    "the session has ended; log in again",
+                    None,
+                ))
+                .await?;
+                Err(hub::REVOKED)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session re-check failed; the socket stays open");
+                Ok(())
             }
         }
     }
@@ -284,4 +331,5 @@ enum Wake {
     Resync,
     Ping,
     Presence,
+    Expired,
 }

@@ -72,6 +72,7 @@ impl Conn {
             &uid,
             position,
             self.state.config.ws_max_frame_bytes,
+            user.expires_at,
         ))
         .await?;
         self.presence(true).await;
