@@ -74,6 +74,22 @@ pub struct Config {
     /// Refresh token (and idle session) lifetime, seconds.
     #[arg(long, env = "GATEWAY_REFRESH_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub refresh_ttl_secs: u64,
+    /// Absolute session lifetime from login, seconds: refreshes renew the
+    /// idle lifetime but never beyond this; then the user logs in again.
+    /// 90 days by default, a deliberate choice for a messenger (see
+    /// docs/security.md: ASVS L2 suggests 12 h, which would log phones out
+    /// daily); lower it where that risk is not accepted.
+    #[arg(long, env = "GATEWAY_SESSION_MAX_SECS", default_value_t = 90 * 24 * 3600)]
+    pub session_max_secs: u64,
+    /// Most sessions per user; a login beyond the cap revokes the user's
+    /// oldest session.
+    #[arg(long, env = "GATEWAY_MAX_SESSIONS_PER_USER", default_value_t = 50)]
+    pub max_sessions_per_user: u32,
+    /// How long a just-rotated refresh token still gets the same successor
+    /// (a retried request whose answer was lost, two tabs refreshing at
+    /// once) instead of counting as reuse, seconds.
+    #[arg(long, env = "GATEWAY_REFRESH_GRACE_SECS", default_value_t = 10)]
+    pub refresh_grace_secs: u64,
     /// Largest accepted request body, bytes (413 beyond).
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

@@ -949,7 +949,14 @@ async fn a_login_checked_before_a_revoke_all_gets_no_session() -> Result<()> {
     let alice = p.user("alice").await?;
     let (redis, prefix) = (&p.gateway.state.redis, p.prefix.as_str());
     let user_id = Uuid::parse_str(&alice.user_id)?;
-    let ttl = Duration::from_secs(60);
+    let ttl = sessions::SessionPolicy {
+        idle: Duration::from_secs(60),
+        max_age: Duration::from_secs(600),
+        max_per_user: 50,
+        grace: Duration::from_secs(10),
+        successor_key: p.gateway.state.tokens.successor_key(),
+    };
+    let ttl = &ttl;
 
     let checked_at = sessions::now_ms();
     let revoked = sessions::revoke_all(redis, prefix, user_id, None).await?;

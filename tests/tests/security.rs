@@ -263,3 +263,107 @@ async fn sockets_close_at_token_expiry_and_when_the_session_ends_silently() -> R
     let _ = fred::prelude::ClientLike::quit(&redis).await;
     p.stop().await
 }
+
+async fn login(p: &Platform, user: &tests::gateway_support::TestUser) -> Result<serde_json::Value> {
+    let r = p
+        .http
+        .post(p.url("/v1/auth/login"))
+        .json(&json!({"login": user.username, "password": user.password}))
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 200, "login: {}", r.status());
+    Ok(r.json().await?)
+}
+
+async fn refresh(p: &Platform, token: &str) -> Result<(u16, serde_json::Value)> {
+    let r = p
+        .http
+        .post(p.url("/v1/auth/refresh"))
+        .json(&json!({"refresh_token": token}))
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.json().await?))
+}
+
+async fn me_status(p: &Platform, access: &str) -> Result<(u16, serde_json::Value)> {
+    let r = p
+        .http
+        .get(p.url("/v1/auth/sessions"))
+        .bearer_auth(access)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.json().await?))
+}
+
+/// L-2, L-10: a refresh retried (or run twice at once) within the grace
+/// gets the same successor instead of revoking the session, while a
+/// rotated token presented later still revokes it; a login beyond the
+/// per-user cap revokes the user's oldest session.
+#[tokio::test]
+async fn refresh_retries_are_forgiven_and_sessions_per_user_are_capped() -> Result<()> {
+    let p = platform(&["--max-sessions-per-user", "2"]).await?;
+    let ann = p.user("ann").await?;
+
+    // Two refreshes with the same token, concurrently: both succeed with
+    // the same successor.
+    let (a, b) = tokio::join!(
+        refresh(&p, &ann.refresh_token),
+        refresh(&p, &ann.refresh_token)
+    );
+    let ((sa, a), (sb, b)) = (a?, b?);
+    ensure!(sa == 200 && sb == 200, "{sa} {a} / {sb} {b}");
+    ensure!(a["refresh_token"] == b["refresh_token"], "{a} / {b}");
+    let second = a["refresh_token"].as_str().context("refresh_token")?;
+    let (s, third) = refresh(&p, second).await?;
+    ensure!(s == 200, "{third}");
+    // The first token again, now two rotations back: reuse.
+    let (s, reused) = refresh(&p, &ann.refresh_token).await?;
+    ensure!(s == 401 && reused["code"] == "session_revoked", "{reused}");
+
+    // The cap: the oldest of three sessions goes.
+    let first = login(&p, &ann).await?;
+    let second = login(&p, &ann).await?;
+    let third = login(&p, &ann).await?;
+    let access = |v: &serde_json::Value| v["access_token"].as_str().unwrap_or_default().to_owned();
+    let (s, gone) = me_status(&p, &access(&first)).await?;
+    ensure!(s == 401 && gone["code"] == "session_revoked", "{gone}");
+    for v in [&second, &third] {
+        let (s, me) = me_status(&p, &access(v)).await?;
+        ensure!(s == 200, "{me}");
+    }
+    p.stop().await
+}
+
+/// M-2: refreshes never extend a session past its absolute lifetime.
+#[tokio::test]
+async fn sessions_end_at_their_absolute_lifetime() -> Result<()> {
+    let p = platform(&["--session-max-secs", "2"]).await?;
+    let ann = p.user("ann").await?;
+    let started = Instant::now();
+    let (s, next) = refresh(&p, &ann.refresh_token).await?;
+    ensure!(s == 200, "{next}");
+    let mut token = next["refresh_token"].as_str().context("token")?.to_owned();
+    // Refresh as often as a client may: the session still ends.
+    loop {
+        let (s, body) = refresh(&p, &token).await?;
+        if s == 401 {
+            ensure!(
+                ["session_expired", "invalid_token"].contains(&body["code"].as_str().unwrap_or("")),
+                "{body}"
+            );
+            break;
+        }
+        ensure!(s == 200, "{body}");
+        ensure!(started.elapsed() < T, "the session outlived its lifetime");
+        token = body["refresh_token"].as_str().context("token")?.to_owned();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "ended early: {:?}",
+        started.elapsed()
+    );
+    let (s, me) = me_status(&p, &ann.access_token).await?;
+    ensure!(s == 401, "{me}");
+    p.stop().await
+}

@@ -14,10 +14,15 @@
 //!   - `user_agent`: the `User-Agent` of the login, at most 256 bytes;
 //!   - `refresh`: SHA-256 (hex) of the current refresh token;
 //!   - `prev`: SHA-256 (hex) of the last [`PREVIOUS_KEPT`] rotated refresh
-//!     tokens, newest first, comma-separated, to detect reuse.
+//!     tokens, newest first, comma-separated, to detect reuse;
+//!   - `created_ms`, `rotated_ms`: Unix ms of the login and of the last
+//!     rotation (absolute lifetime, refresh grace).
 //!
 //!   It expires after the refresh lifetime (`GATEWAY_REFRESH_TTL_SECS`),
-//!   renewed at each refresh: an idle session ends by itself.
+//!   renewed at each refresh but never beyond the absolute lifetime
+//!   (`GATEWAY_SESSION_MAX_SECS`): an idle session ends by itself, and a
+//!   busy one ends too. A user has at most `GATEWAY_MAX_SESSIONS_PER_USER`
+//!   sessions: a login beyond revokes the oldest.
 //! - `{p}:user-sessions:{user_id}`: set of the user's session ids (members
 //!   whose hash has expired are dropped when the set is listed); expires
 //!   with the user's most recently renewed session.
@@ -30,14 +35,19 @@
 //!
 //! # Refresh tokens
 //!
-//! `{session_id}.{secret}`, where `secret` is 256 random bits in base64url
-//! without padding (43 characters). The session id makes the lookup O(1);
-//! the secret is never stored, only the SHA-256 of the whole token. Each
-//! refresh replaces it ([`rotate`], one Lua script, so two concurrent
-//! refreshes with the same token cannot both win). Presenting a rotated
-//! token (one of the last [`PREVIOUS_KEPT`]) means it was copied: the whole
-//! session is revoked, so both the thief's and the owner's tokens stop
-//! working. An older or unknown token is simply refused.
+//! `{session_id}.{secret}`, where `secret` is 256 bits in base64url
+//! without padding (43 characters): random at login, and at each refresh
+//! an HMAC of the presented token under a key derived from the token key,
+//! so the successor of a token is the same on every gateway. The session
+//! id makes the lookup O(1); the secret is never stored, only the SHA-256
+//! of the whole token. Each refresh replaces it ([`rotate`], one Lua
+//! script). Presenting a rotated token (one of the last [`PREVIOUS_KEPT`])
+//! means it was copied: the whole session is revoked, so both the thief's
+//! and the owner's tokens stop working, except that the token rotated
+//! last, presented again within `GATEWAY_REFRESH_GRACE_SECS` while its
+//! successor is still current, gets that same successor: a request
+//! retried after a lost answer, or two tabs refreshing at once, do not log
+//! the user out. An older or unknown token is simply refused.
 //!
 //! # Revocation channel (for the WebSocket fan-out)
 //!
@@ -112,6 +122,25 @@ impl RefreshToken {
         (Self(token), hash)
     }
 
+    /// The successor of `presented` (same session): a keyed hash of it, so
+    /// every gateway derives the same one, and a retried (or concurrent)
+    /// refresh with the same token can be answered with the same successor
+    /// instead of looking like a stolen token's reuse. Without the key it
+    /// is as unpredictable as a random one.
+    fn successor(key: &[u8; 32], session_id: Uuid, presented: &str) -> (Self, String) {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(presented.as_bytes());
+        let secret = mac.finalize().into_bytes();
+        let token = format!(
+            "{session_id}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let hash = token_hash(&token);
+        (Self(token), hash)
+    }
+
     /// The token, to put in a response body.
     pub fn expose(&self) -> &str {
         &self.0
@@ -148,17 +177,40 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// KEYS: session, user set, cut. ARGV: user, now, agent, hash, ttl, sid,
-/// when the password check started (ms).
+/// KEYS: session, user set, cut. ARGV: user, now, agent, hash, ttl (the
+/// idle lifetime, capped by the absolute one), sid, when the password check
+/// started (ms), now (ms), most sessions per user, session key prefix
+/// (`{p}:session:`). Returns {0} when cut, else {1, evicted ids...}: the
+/// user's oldest sessions beyond the cap (UUIDv7 ids sort by creation)
+/// after dropping members whose hash expired.
 const CREATE: &str = r"
 local cut = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
-if cut >= tonumber(ARGV[7]) then return 0 end
+if cut >= tonumber(ARGV[7]) then return {0} end
 redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'created_at', ARGV[2], 'last_seen_at', ARGV[2],
-  'user_agent', ARGV[3], 'refresh', ARGV[4], 'prev', '')
+  'user_agent', ARGV[3], 'refresh', ARGV[4], 'prev', '', 'created_ms', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return 1
+local result = {1}
+local max = tonumber(ARGV[9])
+if redis.call('SCARD', KEYS[2]) > max then
+  local live = {}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('EXISTS', ARGV[10] .. id) == 1 then
+      table.insert(live, id)
+    else
+      redis.call('SREM', KEYS[2], id)
+    end
+  end
+  table.sort(live)
+  for i = 1, #live - max do
+    redis.call('DEL', ARGV[10] .. live[i])
+    redis.call('SREM', KEYS[2], live[i])
+    table.insert(result, live[i])
+  end
+end
+local ttl = redis.call('TTL', KEYS[2])
+if ttl < tonumber(ARGV[5]) then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+return result
 ";
 
 /// Key of the time of the user's last revoke-all.
@@ -171,21 +223,60 @@ pub fn now_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default()
 }
 
+/// How long sessions live and how many a user may have.
+#[derive(Clone)]
+pub struct SessionPolicy {
+    /// Idle lifetime: renewed by each refresh (`GATEWAY_REFRESH_TTL_SECS`).
+    pub idle: Duration,
+    /// Absolute lifetime from login, whatever the refreshes
+    /// (`GATEWAY_SESSION_MAX_SECS`).
+    pub max_age: Duration,
+    /// Most sessions per user; a login beyond evicts the oldest
+    /// (`GATEWAY_MAX_SESSIONS_PER_USER`).
+    pub max_per_user: u32,
+    /// How long after a rotation the rotated token still gets the same
+    /// successor (a retried or concurrent refresh), not a revocation.
+    pub grace: Duration,
+    /// Key of [`RefreshToken::successor`] (derived from the token key, so
+    /// every gateway shares it).
+    pub successor_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SessionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPolicy")
+            .field("idle", &self.idle)
+            .field("max_age", &self.max_age)
+            .field("max_per_user", &self.max_per_user)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionPolicy {
+    /// The key's lifetime at creation: the idle one, capped by the
+    /// absolute one.
+    fn first_ttl(&self) -> String {
+        self.idle.min(self.max_age).as_secs().max(1).to_string()
+    }
+}
+
 /// Creates a session for `user_id` whose password was checked from
 /// `checked_at` ([`now_ms`] before the check); returns its id and refresh
 /// token, or `None` when the user's sessions were all revoked since (the
-/// password changed meanwhile).
+/// password changed meanwhile). Sessions beyond the per-user cap are
+/// revoked, oldest first (and announced).
 pub async fn create(
     redis: &Pool,
     prefix: &str,
     user_id: Uuid,
     user_agent: &str,
-    ttl: Duration,
+    policy: &SessionPolicy,
     checked_at: u64,
 ) -> Result<Option<(Uuid, RefreshToken)>, fred::error::Error> {
     let session_id = Uuid::now_v7();
     let (token, hash) = RefreshToken::generate(session_id);
-    let created: i64 = redis
+    let reply: Vec<fred::types::Value> = redis
         .eval(
             CREATE,
             vec![
@@ -198,13 +289,27 @@ pub async fn create(
                 now(),
                 truncate_utf8(user_agent, USER_AGENT_MAX).to_owned(),
                 hash,
-                ttl.as_secs().max(1).to_string(),
+                policy.first_ttl(),
                 session_id.to_string(),
                 checked_at.to_string(),
+                now_ms().to_string(),
+                policy.max_per_user.max(1).to_string(),
+                format!("{prefix}:session:"),
             ],
         )
         .await?;
-    Ok((created == 1).then_some((session_id, token)))
+    if reply.first().and_then(fred::types::Value::as_i64) != Some(1) {
+        return Ok(None);
+    }
+    let evicted: Vec<Uuid> = reply[1..]
+        .iter()
+        .filter_map(|v| v.as_str().and_then(|s| Uuid::try_parse(&s).ok()))
+        .collect();
+    if !evicted.is_empty() {
+        tracing::info!(%user_id, evicted = evicted.len(), "oldest sessions evicted: over the per-user cap");
+        publish_revoked(redis, prefix, user_id, &evicted).await;
+    }
+    Ok(Some((session_id, token)))
 }
 
 /// What [`rotate`] found.
@@ -218,23 +323,47 @@ pub enum Rotation {
     },
     /// A rotated token was presented again: the session is now revoked.
     Reused { user_id: Uuid, session_id: Uuid },
+    /// The session reached its absolute lifetime: it is now revoked.
+    Expired { user_id: Uuid, session_id: Uuid },
     /// Unknown session, or a token that never belonged to it.
     Invalid,
 }
 
-/// KEYS[1] session; ARGV: presented hash, new hash, now, ttl, max prev
-/// length (chars). Returns {status, user_id}.
+/// KEYS[1] session; ARGV: presented hash, successor hash, now, idle ttl
+/// (s), max prev length (chars), now (ms), grace (ms), absolute lifetime
+/// (ms). Returns {status, user_id}. A session from before `created_ms`
+/// was recorded starts its absolute lifetime now.
 const ROTATE: &str = r"
 local current = redis.call('HGET', KEYS[1], 'refresh')
 if not current then return {'invalid', ''} end
 local user = redis.call('HGET', KEYS[1], 'user_id') or ''
 local prev = redis.call('HGET', KEYS[1], 'prev') or ''
+local nowms = tonumber(ARGV[6])
+local created = tonumber(redis.call('HGET', KEYS[1], 'created_ms') or '')
+if not created then
+  created = nowms
+  redis.call('HSET', KEYS[1], 'created_ms', ARGV[6])
+end
+local maxage = tonumber(ARGV[8])
+if nowms - created >= maxage then
+  redis.call('DEL', KEYS[1])
+  return {'expired', user}
+end
 if current == ARGV[1] then
   if prev == '' then prev = ARGV[1] else prev = ARGV[1] .. ',' .. prev end
   prev = string.sub(prev, 1, tonumber(ARGV[5]))
-  redis.call('HSET', KEYS[1], 'refresh', ARGV[2], 'prev', prev, 'last_seen_at', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('HSET', KEYS[1], 'refresh', ARGV[2], 'prev', prev, 'last_seen_at', ARGV[3],
+    'rotated_ms', ARGV[6])
+  local ttl = tonumber(ARGV[4])
+  local left = math.floor((created + maxage - nowms) / 1000)
+  if left < ttl then ttl = left end
+  if ttl < 1 then ttl = 1 end
+  redis.call('EXPIRE', KEYS[1], ttl)
   return {'rotated', user}
+end
+if current == ARGV[2] and string.sub(prev, 1, 64) == ARGV[1] then
+  local at = tonumber(redis.call('HGET', KEYS[1], 'rotated_ms') or '0') or 0
+  if nowms - at <= tonumber(ARGV[7]) then return {'rotated', user} end
 end
 if string.find(prev, ARGV[1], 1, true) then
   redis.call('DEL', KEYS[1])
@@ -243,18 +372,23 @@ end
 return {'invalid', user}
 ";
 
-/// Exchanges a refresh token for a new one (renewing the session's
-/// lifetime and `last_seen_at`), or detects reuse and revokes the session.
+/// Exchanges a refresh token for a new one (renewing the session's idle
+/// lifetime, within its absolute one, and `last_seen_at`), or detects
+/// reuse and revokes the session. Within the grace after a rotation, the
+/// rotated token gets the same successor again while that is still
+/// current (a retried or concurrent refresh), not a revocation. A session
+/// past its absolute lifetime is revoked instead.
 pub async fn rotate(
     redis: &Pool,
     prefix: &str,
     presented: &str,
-    ttl: Duration,
+    policy: &SessionPolicy,
 ) -> Result<Rotation, fred::error::Error> {
     let Some(session_id) = parse_refresh_token(presented) else {
         return Ok(Rotation::Invalid);
     };
-    let (next, next_hash) = RefreshToken::generate(session_id);
+    let ttl = policy.idle;
+    let (next, next_hash) = RefreshToken::successor(&policy.successor_key, session_id, presented);
     // 64 hex characters per hash, joined by commas.
     let prev_max = PREVIOUS_KEPT * 65 - 1;
     let reply: Vec<String> = redis
@@ -267,6 +401,9 @@ pub async fn rotate(
                 now(),
                 ttl.as_secs().max(1).to_string(),
                 prev_max.to_string(),
+                now_ms().to_string(),
+                policy.grace.as_millis().to_string(),
+                policy.max_age.as_millis().max(1).to_string(),
             ],
         )
         .await?;
@@ -283,14 +420,21 @@ pub async fn rotate(
                 refresh_token: next,
             }
         }
-        ("reused", Some(user_id)) => {
+        (status @ ("reused" | "expired"), Some(user_id)) => {
             let _: i64 = redis
                 .srem(user_sessions_key(prefix, user_id), session_id.to_string())
                 .await?;
             publish_revoked(redis, prefix, user_id, &[session_id]).await;
-            Rotation::Reused {
-                user_id,
-                session_id,
+            if status == "reused" {
+                Rotation::Reused {
+                    user_id,
+                    session_id,
+                }
+            } else {
+                Rotation::Expired {
+                    user_id,
+                    session_id,
+                }
             }
         }
         _ => Rotation::Invalid,

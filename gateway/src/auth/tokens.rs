@@ -18,6 +18,7 @@ use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey
 use pasetors::token::UntrustedToken;
 use pasetors::version4::V4;
 use pasetors::{public, Public};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 const AUDIENCE: &str = "messenger";
@@ -154,6 +155,16 @@ impl Tokens {
             .map_err(err)?;
         public::sign(&self.secret, &claims, None, Some(IMPLICIT))
             .map_err(|e| anyhow::anyhow!("signing: {e}"))
+    }
+
+    /// The key refresh-token successors are derived with (see
+    /// `sessions::SessionPolicy`): from the signing key, so every gateway
+    /// holding it agrees, and separate from it by a label.
+    pub fn successor_key(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"messenger refresh-token successor v1\0");
+        h.update(self.secret.as_bytes());
+        h.finalize().into()
     }
 
     /// Verifies signature, audience and time claims.

@@ -113,8 +113,15 @@ fn tokens_for(
     }))
 }
 
-fn refresh_ttl(state: &AppState) -> Duration {
-    Duration::from_secs(state.config.refresh_ttl_secs)
+fn session_policy(state: &AppState) -> sessions::SessionPolicy {
+    let c = &state.config;
+    sessions::SessionPolicy {
+        idle: Duration::from_secs(c.refresh_ttl_secs.max(1)),
+        max_age: Duration::from_secs(c.session_max_secs.max(1)),
+        max_per_user: c.max_sessions_per_user.max(1),
+        grace: Duration::from_secs(c.refresh_grace_secs),
+        successor_key: state.tokens.successor_key(),
+    }
 }
 
 /// Creates an account.
@@ -208,7 +215,7 @@ pub async fn login(
         &state.config.redis.redis_prefix,
         user_id,
         &user_agent(&headers),
-        refresh_ttl(&state),
+        &session_policy(&state),
         checked_at,
     )
     .await
@@ -228,7 +235,7 @@ pub async fn login(
     request_body = RefreshBody,
     responses(
         (status = 200, description = "New tokens for the same session", body = TokenResponse),
-        (status = 401, description = "`invalid_token`, or `session_revoked` when a rotated token was reused", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_token`, `session_revoked` when a rotated token was reused, or `session_expired` past the absolute session lifetime", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn refresh(
@@ -239,7 +246,7 @@ pub async fn refresh(
         &state.redis,
         &state.config.redis.redis_prefix,
         &body.refresh_token,
-        refresh_ttl(&state),
+        &session_policy(&state),
     )
     .await
     .map_err(|e| session_store(&e))?;
@@ -257,6 +264,16 @@ pub async fn refresh(
             Err(ApiError::unauthenticated(
                 "session_revoked",
                 "this refresh token was already used; the session has been revoked",
+            ))
+        }
+        Rotation::Expired {
+            user_id,
+            session_id,
+        } => {
+            tracing::info!(%user_id, %session_id, "session reached its absolute lifetime");
+            Err(ApiError::unauthenticated(
+                "session_expired",
+                "the session has reached its maximum lifetime; log in again",
             ))
         }
         Rotation::Invalid => Err(ApiError::unauthenticated(
